@@ -1,0 +1,79 @@
+"""Command line: ``python -m training train|evaluate|versions ...``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter out of the progress
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from training.datasets import SPECS
+
+    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
+    parser.add_argument("--models-dir", type=Path, default=Path(os.environ.get("MODELS_DIR", "models")),
+                        help="where versions are published (env MODELS_DIR; default: models)")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train a dataset's MLP, evaluate it on the test split, publish it")
+    train.add_argument("dataset", choices=sorted(SPECS))
+    train.add_argument("--data-dir", type=Path, default=os.environ.get("DATA_DIR"),
+                       help="local copy of the data (env DATA_DIR); default: Keras cache, then Keras download")
+    train.add_argument("--epochs", type=_positive)
+    train.add_argument("--seed", type=int)
+    train.add_argument("--train-limit", type=_positive, help="train on this many images only (quick runs)")
+    train.add_argument("--test-limit", type=_positive, help="evaluate on this many test images only (quick runs)")
+
+    evaluate = commands.add_parser("evaluate", help="re-measure a published version on the test split")
+    evaluate.add_argument("dataset", choices=sorted(SPECS))
+    evaluate.add_argument("--version", type=int, help="default: the current version")
+    evaluate.add_argument("--data-dir", type=Path, default=os.environ.get("DATA_DIR"))
+
+    versions = commands.add_parser("versions", help="list published versions and their test accuracy")
+    versions.add_argument("dataset", choices=sorted(SPECS))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from training.datasets import DatasetError
+
+    try:
+        if args.command == "train":
+            from training.pipeline import train_command
+
+            train_command(args.dataset, args.models_dir, args.data_dir, epochs=args.epochs, seed=args.seed,
+                          train_limit=args.train_limit, test_limit=args.test_limit)
+        elif args.command == "evaluate":
+            from training.pipeline import evaluate_command
+
+            evaluate_command(args.dataset, args.models_dir, args.data_dir, args.version)
+        elif args.command == "versions":
+            from training.pipeline import versions_command
+
+            versions_command(args.dataset, args.models_dir)
+    except DatasetError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        from training.publish import PublishError
+
+        if isinstance(exc, PublishError):
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,137 @@
+"""What goes into one version folder: model files, metadata.json, verification samples, model card.
+
+``metadata.json`` is the contract with the service: it says what the model expects (input shape, color mode,
+preprocessing) and what it was measured to do. The service reads nothing from this package.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import onnx
+
+from training.datasets import Dataset
+from training.export import ONNX_OPSET, keras_to_onnx, onnx_probabilities
+from training.modelcard import write_model_card
+from training.publish import METADATA_FILE, sha256_file
+from training.train import TrainingResult
+
+SCHEMA_VERSION = 1
+KERAS_FILE = "model.keras"
+ONNX_FILE = "model.onnx"
+VERIFICATION_FILE = "verification.npz"
+VERIFICATION_SAMPLES = 32
+# The exported graph must reproduce Keras' probabilities to this absolute tolerance.
+EXPORT_TOLERANCE = 1e-4
+
+
+class VerificationError(Exception):
+    """The exported model does not compute what the Keras model computes."""
+
+
+def library_versions() -> dict[str, str]:
+    import onnxruntime
+    import tensorflow as tf
+
+    return {"python": platform.python_version(), "tensorflow": tf.__version__, "keras": keras.__version__,
+            "numpy": np.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
+
+
+def export_and_verify(result: TrainingResult) -> tuple[bytes, dict]:
+    """Export to ONNX and run the export over the whole test set, beside Keras' own predictions."""
+    onnx_bytes = keras_to_onnx(result.model).SerializeToString()
+    probabilities = onnx_probabilities(onnx_bytes, result.test_inputs)
+    max_diff = float(np.max(np.abs(probabilities - result.test_probabilities)))
+    if not max_diff <= EXPORT_TOLERANCE:
+        raise VerificationError(f"ONNX export differs from Keras by {max_diff:.2e} (tolerance {EXPORT_TOLERANCE})")
+    onnx_predictions = probabilities.argmax(axis=1)
+    report = {
+        "max_abs_diff_vs_keras": max_diff,
+        "agreement_with_keras": float(np.mean(onnx_predictions == result.test_probabilities.argmax(axis=1))),
+        "test_accuracy": float(np.mean(onnx_predictions == result.test_labels)),
+        "samples": int(len(result.test_labels)),
+    }
+    return onnx_bytes, report
+
+
+def build_metadata(dataset: Dataset, result: TrainingResult, version: int, onnx_report: dict) -> dict:
+    spec = dataset.spec
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "name": spec.name,
+        "version": version,
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "task": "image-classification",
+        "classes": list(spec.classes),
+        "input": {
+            "shape": list(spec.image_shape),
+            "dtype": "float32",
+            "color_mode": spec.color_mode,
+            "value_range": [0.0, 1.0],
+            "layout": "HWC" if len(spec.image_shape) == 3 else "HW",
+        },
+        "preprocessing": {
+            "decode": "Pillow; first frame; EXIF orientation applied; transparency composited over white",
+            "color_mode": spec.color_mode,
+            "resize": "fit inside the input size keeping the aspect ratio, pad with the border's median color",
+            "invert_light_background": spec.dark_background,
+            "scale": "pixel / 255",
+            "standardization": {"applied": "inside the model", **result.standardization},
+        },
+        "metrics": {
+            "test": result.test_metrics,
+            "validation": result.validation_metrics,
+        },
+        "training": {
+            "config": result.config.to_json(),
+            "epochs_run": len(next(iter(result.history.values()), [])),
+            "duration_seconds": round(result.duration_seconds, 1),
+            "parameters": int(result.model.count_params()),
+            "history": result.history,
+        },
+        "data": {
+            "source": dataset.source,
+            "fingerprint": dataset.fingerprint,
+            "train_samples": int(len(dataset.x_train)),
+            "test_samples": int(len(dataset.x_test)),
+            "note": ("JPEG copy of CIFAR-10: accuracy is close to, not identical with, the original test set"
+                     if "jpeg" in dataset.source.lower() else None),
+        },
+        "runtimes": {
+            "onnx": {"file": ONNX_FILE, "opset": ONNX_OPSET, **onnx_report},
+            "keras": {"file": KERAS_FILE},
+        },
+        "verification": {"file": VERIFICATION_FILE, "samples": VERIFICATION_SAMPLES, "atol": EXPORT_TOLERANCE},
+        "libraries": library_versions(),
+    }
+
+
+def save_inference_model(model: keras.Model, path: Path) -> None:
+    """Save the layers and weights without the optimizer's state, which is twice the weights' size."""
+    inference_model = keras.Model.from_config(model.get_config())
+    inference_model.set_weights(model.get_weights())
+    inference_model.save(path)
+
+
+def write_artifact(folder: Path, version: int, dataset: Dataset, result: TrainingResult) -> dict:
+    """Write every file of one version into ``folder``; metadata.json, with the files' hashes, comes last."""
+    onnx_bytes, onnx_report = export_and_verify(result)
+    save_inference_model(result.model, folder / KERAS_FILE)
+    (folder / ONNX_FILE).write_bytes(onnx_bytes)
+    count = min(VERIFICATION_SAMPLES, len(result.test_inputs))
+    # uint8 pixels keep the file small; the service scales them exactly as it scales an upload.
+    np.savez_compressed(
+        folder / VERIFICATION_FILE,
+        pixels=np.round(result.test_inputs[:count] * 255).astype(np.uint8),
+        probabilities=result.test_probabilities[:count].astype(np.float32),
+    )
+    metadata = build_metadata(dataset, result, version, onnx_report)
+    write_model_card(folder, metadata)
+    metadata["files"] = {p.name: sha256_file(p) for p in sorted(folder.iterdir()) if p.is_file()}
+    (folder / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
+    return metadata

@@ -1,0 +1,109 @@
+"""A readable model card (Markdown) with learning curves and the confusion matrix as PNG plots."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, never a window
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+MODEL_CARD_FILE = "MODEL_CARD.md"
+CURVES_FILE = "learning_curves.png"
+CONFUSION_FILE = "confusion_matrix.png"
+
+
+def plot_learning_curves(history: dict[str, list[float]], path: Path) -> None:
+    figure, axes = plt.subplots(1, 2, figsize=(9, 3.4), dpi=80)
+    for axis, metric in zip(axes, ("loss", "accuracy")):
+        for key, label in ((metric, "train"), (f"val_{metric}", "validation")):
+            if history.get(key):
+                axis.plot(range(1, len(history[key]) + 1), history[key], label=label)
+        axis.set_xlabel("epoch")
+        axis.set_title(metric)
+        axis.grid(alpha=0.3)
+        axis.legend()
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+
+
+def plot_confusion_matrix(matrix: list[list[int]], classes: list[str], path: Path) -> None:
+    values = np.asarray(matrix)
+    figure, axis = plt.subplots(figsize=(6.4, 5.6), dpi=80)
+    axis.imshow(values, cmap="Blues")
+    axis.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+    axis.set_yticks(range(len(classes)), classes)
+    axis.set_xlabel("predicted")
+    axis.set_ylabel("true")
+    threshold = values.max() / 2
+    for (row, col), count in np.ndenumerate(values):
+        axis.text(col, row, str(count), ha="center", va="center", fontsize=7,
+                  color="white" if count > threshold else "black")
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+
+
+def render_model_card(metadata: dict) -> str:
+    test = metadata["metrics"]["test"]
+    training = metadata["training"]
+    config = training["config"]
+    onnx_report = metadata["runtimes"]["onnx"]
+    rows = "\n".join(
+        f"| {c['class']} | {c['precision']:.3f} | {c['recall']:.3f} | {c['f1']:.3f} | {c['support']} |"
+        for c in test["per_class"]
+    )
+    layers = " -> ".join(["Flatten", "standardize"] + [f"Dense({u})-BN-ReLU-Dropout({config['dropout']})"
+                                                        for u in config["hidden_units"]] + ["Dense(10, softmax)"])
+    note = metadata["data"].get("note")
+    return f"""# {metadata['name']} v{metadata['version']}
+
+Dense-only image classifier ({metadata['input']['color_mode']} {'x'.join(map(str, metadata['input']['shape']))}),
+{training['parameters']:,} parameters, created {metadata['created_at']}.
+
+## Test results
+Measured once, after training, on {test['samples']:,} test images: **top-1 accuracy {test['accuracy']:.2%}**,
+macro F1 {test['macro_f1']:.3f}, log loss {test['log_loss']:.3f}.
+The served ONNX graph agrees with Keras on {onnx_report['agreement_with_keras']:.2%} of the test images
+(largest probability difference {onnx_report['max_abs_diff_vs_keras']:.1e}).
+{f'{chr(10)}> {note}{chr(10)}' if note else ''}
+| class | precision | recall | F1 | images |
+|---|---|---|---|---|
+{rows}
+
+![confusion matrix]({CONFUSION_FILE})
+
+## Training
+`{layers}`
+
+{training['epochs_run']} epochs in {training['duration_seconds'] / 60:.1f} minutes; AdamW (learning rate
+{config['learning_rate']}, weight decay {config['weight_decay']}, cosine schedule with warm-up), batch
+{config['batch_size']}, label smoothing {config['label_smoothing']}, random flips: {config['flip']},
+random shifts up to {config['max_shift']} px, seed {config['seed']}. {config['validation_size']} training images
+were held out for the validation curve; the test split was not used until the end.
+
+![learning curves]({CURVES_FILE})
+
+## Data
+Source `{metadata['data']['source']}`, fingerprint `{metadata['data']['fingerprint']}`,
+{metadata['data']['train_samples']:,} train and {metadata['data']['test_samples']:,} test images.
+
+## Input contract
+Pillow decodes the upload ({metadata['preprocessing']['decode']}), converts it to
+{metadata['input']['color_mode']}, {'inverts it when its background is light, ' if metadata['preprocessing'][
+        'invert_light_background'] else ''}fits it inside {'x'.join(map(str, metadata['input']['shape'][:2]))}
+keeping the aspect ratio, and scales pixels to [0, 1]. Standardization is inside the model.
+
+## Limits
+Trained on small, centered, single-object images of {len(metadata['classes'])} classes; anything else is
+still forced into one of them.
+"""
+
+
+def write_model_card(folder: Path, metadata: dict) -> None:
+    plot_learning_curves(metadata["training"]["history"], folder / CURVES_FILE)
+    plot_confusion_matrix(metadata["metrics"]["test"]["confusion_matrix"], metadata["classes"], folder / CONFUSION_FILE)
+    (folder / MODEL_CARD_FILE).write_text(render_model_card(metadata))

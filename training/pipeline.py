@@ -1,0 +1,93 @@
+"""The steps a command runs end to end: load data, train, evaluate, publish."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+
+from training.artifact import write_artifact
+from training.datasets import Dataset, load_dataset
+from training.publish import PublishError, PublishedVersion, append_history, publish_version
+from training.train import DEFAULT_CONFIGS, TrainingConfig, TrainingResult, format_duration, train_and_evaluate
+
+
+def make_config(dataset: str, **overrides) -> TrainingConfig:
+    """The dataset's default recipe with the given fields replaced (``None`` values are ignored)."""
+    return dataclasses.replace(DEFAULT_CONFIGS[dataset], **{k: v for k, v in overrides.items() if v is not None})
+
+
+def train_and_publish(
+    dataset: Dataset,
+    config: TrainingConfig,
+    models_dir: Path,
+    promote: bool = True,
+    report: Callable[[str], None] = print,
+) -> tuple[PublishedVersion, TrainingResult, dict]:
+    """Train, verify the export, publish a new version; ``promote`` makes it current."""
+    result = train_and_evaluate(dataset, config, report)
+    holder: dict = {}
+
+    def write(folder: Path, version: int) -> None:
+        holder["metadata"] = write_artifact(folder, version, dataset, result)
+
+    published = publish_version(models_dir, dataset.spec.name, write, promote=promote)
+    return published, result, holder["metadata"]
+
+
+def train_command(name: str, models_dir: Path, data_dir: Path | None, report: Callable[[str], None] = print,
+                  **overrides) -> PublishedVersion:
+    """``python -m training train``: a new version, made current, with a one-line summary."""
+    dataset = load_dataset(name, data_dir)
+    report(f"data: {dataset.source} ({dataset.fingerprint[:19]}...)")
+    config = make_config(name, **overrides)
+    published, result, metadata = train_and_publish(dataset, config, models_dir, promote=True, report=report)
+    test = metadata["metrics"]["test"]
+    append_history(models_dir, name, {
+        "event": "train", "version": published.version, "promoted": True,
+        "reason": "trained by hand with 'train'", "candidate": {"accuracy": test["accuracy"]},
+    })
+    report(f"{name} v{published.version}: test accuracy {test['accuracy']:.4f} on {test['samples']} images, "
+           f"{metadata['training']['epochs_run']} epochs in {format_duration(result.duration_seconds)}, "
+           f"published to {published.path} (current)")
+    return published
+
+
+def evaluate_version(models_dir: Path, name: str, dataset: Dataset, version: int | None = None) -> dict:
+    """Test metrics recomputed from a published version's saved Keras model, over its recorded test size."""
+    import keras
+
+    from training.artifact import KERAS_FILE
+    from training.evaluation import classification_metrics
+    from training.publish import current_version, model_dir, read_metadata
+    from training.train import to_model_input
+
+    version = version or current_version(models_dir, name)
+    if version is None:
+        raise PublishError(f"{name} has no current version in {models_dir}")
+    metadata = read_metadata(models_dir, name, version)
+    count = metadata["metrics"]["test"]["samples"]
+    model = keras.models.load_model(model_dir(models_dir, name) / str(version) / KERAS_FILE)
+    probabilities = model.predict(to_model_input(dataset.x_test[:count]), batch_size=1000, verbose=0)
+    return {"version": version, "recorded": metadata["metrics"]["test"],
+            "measured": classification_metrics(dataset.y_test[:count], probabilities, dataset.spec.classes)}
+
+
+def evaluate_command(name: str, models_dir: Path, data_dir: Path | None, version: int | None,
+                     report: Callable[[str], None] = print) -> dict:
+    outcome = evaluate_version(models_dir, name, load_dataset(name, data_dir), version)
+    recorded, measured = outcome["recorded"]["accuracy"], outcome["measured"]["accuracy"]
+    report(f"{name} v{outcome['version']}: test accuracy {measured:.4f} on {outcome['measured']['samples']} images "
+           f"(recorded {recorded:.4f}: {'same' if recorded == measured else 'DIFFERENT'})")
+    return outcome
+
+
+def versions_command(name: str, models_dir: Path, report: Callable[[str], None] = print) -> None:
+    from training.publish import current_version, list_versions, read_metadata
+
+    current = current_version(models_dir, name)
+    for version in list_versions(models_dir, name):
+        metadata = read_metadata(models_dir, name, version)
+        marker = "*" if version == current else " "
+        report(f"{marker} v{version}  test accuracy {metadata['metrics']['test']['accuracy']:.4f}  "
+               f"created {metadata['created_at']}")

@@ -1,0 +1,1 @@
+"""HTTP service for published image classifiers: Flask on gunicorn, ONNX Runtime for inference."""

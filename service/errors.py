@@ -1,0 +1,84 @@
+"""Client mistakes as exceptions with an HTTP status and a stable code, rendered as JSON in one place."""
+
+from __future__ import annotations
+
+from flask import Flask, jsonify
+from werkzeug.exceptions import HTTPException
+
+
+class ClientError(Exception):
+    status = 400
+    code = "bad_request"
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+class MissingImage(ClientError):
+    code = "missing_image"
+
+
+class InvalidImage(ClientError):
+    code = "invalid_image"
+
+
+class InvalidParameter(ClientError):
+    code = "invalid_parameter"
+
+
+class TooManyImages(ClientError):
+    code = "too_many_images"
+
+
+class UnknownModel(ClientError):
+    status = 404
+    code = "unknown_model"
+
+
+class UnsupportedMediaType(ClientError):
+    status = 415
+    code = "unsupported_media_type"
+
+
+class ImageTooLarge(ClientError):
+    status = 422
+    code = "image_too_large"
+
+
+class NotReady(ClientError):
+    status = 503
+    code = "not_ready"
+
+
+HTTP_CODES = {
+    400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large",
+    415: "unsupported_media_type", 500: "internal_error",
+}
+
+
+def error_body(code: str, message: str) -> dict:
+    return {"error": {"code": code, "message": message}}
+
+
+def register_error_handlers(app: Flask) -> None:
+    @app.errorhandler(ClientError)
+    def client_error(error: ClientError):
+        return jsonify(error_body(error.code, error.message)), error.status
+
+    @app.errorhandler(HTTPException)
+    def http_error(error: HTTPException):
+        status = error.code or 500
+        message = error.description or error.name
+        if status == 413:
+            limit = app.config.get("MAX_CONTENT_LENGTH")
+            message = f"the upload is larger than the limit of {limit} bytes (MAX_UPLOAD_BYTES)"
+        response = jsonify(error_body(HTTP_CODES.get(status, error.name.lower().replace(" ", "_")), message))
+        if status == 405 and error.valid_methods:
+            response.headers["Allow"] = ", ".join(error.valid_methods)
+        return response, status
+
+    @app.errorhandler(Exception)
+    def unexpected(error: Exception):
+        app.logger.exception("unhandled error")
+        return jsonify(error_body("internal_error", "the server failed to handle this request")), 500

@@ -1,0 +1,196 @@
+"""Which model versions this worker serves, and switching to a newly published one without downtime.
+
+Every model folder in ``models/`` has a ``current`` pointer. A background thread re-reads the pointers; when one
+names a new version, that version is loaded and verified (files match their recorded hashes, the runtime
+reproduces the recorded verification outputs) while the old one keeps serving, then swapped in with a single
+reference assignment. Requests already running finish on the version they started with. A version that
+fails any check is refused, logged and counted, and the old version stays.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from service import metrics
+from service.errors import NotReady, UnknownModel
+from service.images import InputSpec
+from service.runtimes import Runtime, load_runtime
+
+log = logging.getLogger(__name__)
+SUPPORTED_SCHEMA_VERSIONS = {1}
+
+
+class VersionRefused(Exception):
+    """A published version that must not serve; the message says why."""
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    name: str
+    version: int
+    path: Path
+    metadata: dict
+    runtime: Runtime
+    input_spec: InputSpec
+    loaded_at: float = field(default_factory=time.time)
+
+    @property
+    def classes(self) -> list[str]:
+        return self.metadata["classes"]
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return "sha256:" + digest.hexdigest()
+
+
+def load_version(models_dir: Path, name: str, version: int, runtime_kind: str) -> LoadedModel:
+    """Load and verify one version folder, or raise ``VersionRefused`` saying why."""
+    path = Path(models_dir) / name / str(version)
+    try:
+        metadata = json.loads((path / "metadata.json").read_text())
+    except FileNotFoundError:
+        raise VersionRefused(f"{path} has no metadata.json (incomplete version)") from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise VersionRefused(f"{path}/metadata.json is unreadable: {exc}") from exc
+    try:
+        if metadata.get("schema_version") not in SUPPORTED_SCHEMA_VERSIONS:
+            raise VersionRefused(f"{path}: unsupported metadata schema {metadata.get('schema_version')!r}")
+        if metadata.get("name") != name or metadata.get("version") != version:
+            raise VersionRefused(f"{path}: metadata says {metadata.get('name')} v{metadata.get('version')}")
+        for file_name, expected in metadata.get("files", {}).items():
+            if not (path / file_name).is_file():
+                raise VersionRefused(f"{path}: {file_name} is missing")
+            if file_name in (metadata["runtimes"][runtime_kind]["file"], metadata["verification"]["file"]):
+                if _sha256(path / file_name) != expected:
+                    raise VersionRefused(f"{path}: {file_name} does not match its recorded hash")
+        spec = InputSpec.from_metadata(metadata)
+        runtime = load_runtime(runtime_kind, path, metadata)
+        _verify(runtime, path / metadata["verification"]["file"], metadata, spec)
+    except VersionRefused:
+        raise
+    except Exception as exc:  # any failure to load is a refusal, never a crash of the worker
+        raise VersionRefused(f"{path}: {type(exc).__name__}: {exc}") from exc
+    return LoadedModel(name, version, path, metadata, runtime, spec)
+
+
+def _verify(runtime: Runtime, samples_path: Path, metadata: dict, spec: InputSpec) -> None:
+    """The runtime must reproduce the probabilities recorded at publish time."""
+    with np.load(samples_path, allow_pickle=False) as samples:
+        pixels, expected = samples["pixels"], samples["probabilities"]
+    if pixels.shape[1:] != spec.shape or expected.shape[1] != len(metadata["classes"]):
+        raise VersionRefused(f"verification samples do not match the input {spec.shape} or the classes")
+    actual = runtime.predict(pixels.astype(np.float32) / np.float32(255.0))
+    atol = float(metadata["verification"].get("atol", 1e-4))
+    difference = float(np.max(np.abs(actual - expected)))
+    if not difference <= atol:
+        raise VersionRefused(f"the model's outputs differ from the recorded ones by {difference:.2e} (> {atol})")
+
+
+def read_pointer(models_dir: Path, name: str) -> int | None:
+    try:
+        text = (Path(models_dir) / name / "current").read_text().strip()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return int(text) if text.isdigit() else None
+
+
+class ModelRegistry:
+    """The models one worker serves; ``get`` is lock-free, ``refresh`` swaps in new versions."""
+
+    def __init__(self, models_dir: Path, runtime_kind: str = "onnx"):
+        self.models_dir = Path(models_dir)
+        self.runtime_kind = runtime_kind
+        self._models: dict[str, LoadedModel] = {}
+        self._refused: dict[str, int] = {}  # the last refused version per model, so it is not retried every poll
+        self._refresh_lock = threading.Lock()
+        self._stop = threading.Event()
+        self.initial_load_done = threading.Event()
+        self.errors: dict[str, str] = {}
+
+    @property
+    def ready(self) -> bool:
+        return self.initial_load_done.is_set() and bool(self._models)
+
+    def names(self) -> list[str]:
+        return sorted(self._models)
+
+    def get(self, name: str) -> LoadedModel:
+        if not self.initial_load_done.is_set():
+            raise NotReady("models are still loading")
+        try:
+            return self._models[name]
+        except KeyError:
+            known = ", ".join(self.names()) or "none"
+            raise UnknownModel(f"no model named {name!r}; served models: {known}") from None
+
+    def snapshot(self) -> dict[str, LoadedModel]:
+        return dict(self._models)
+
+    def published_names(self) -> list[str]:
+        if not self.models_dir.is_dir():
+            return []
+        return sorted(p.name for p in self.models_dir.iterdir()
+                      if p.is_dir() and not p.name.startswith(".") and (p / "current").is_file())
+
+    def refresh(self) -> list[str]:
+        """Load every model whose ``current`` pointer moved; returns what changed, for logs and tests."""
+        changes = []
+        with self._refresh_lock:
+            for name in self.published_names():
+                version = read_pointer(self.models_dir, name)
+                active = self._models.get(name)
+                if version is None or (active and active.version == version) or self._refused.get(name) == version:
+                    continue
+                try:
+                    loaded = load_version(self.models_dir, name, version, self.runtime_kind)
+                except VersionRefused as exc:
+                    self._refused[name] = version
+                    self.errors[name] = str(exc)
+                    metrics.MODEL_RELOADS.labels(name, "refused").inc()
+                    log.error("refused %s v%s, still serving %s: %s", name, version,
+                              f"v{active.version}" if active else "nothing", exc)
+                    changes.append(f"{name} v{version} refused")
+                    continue
+                self._models = {**self._models, name: loaded}  # one assignment: readers see old or new
+                self._refused.pop(name, None)
+                self.errors.pop(name, None)
+                metrics.MODEL_RELOADS.labels(name, "loaded").inc()
+                if active:
+                    metrics.MODEL_INFO.labels(name, str(active.version)).set(0)
+                metrics.MODEL_INFO.labels(name, str(version)).set(1)
+                log.info("serving %s v%s (was %s)", name, version, f"v{active.version}" if active else "none")
+                changes.append(f"{name} v{version} loaded")
+        self.initial_load_done.set()
+        return changes
+
+    def start(self, interval_seconds: float) -> threading.Thread:
+        """Load now, then keep watching the pointers, in a daemon thread."""
+        thread = threading.Thread(target=self._watch, args=(interval_seconds,), name="model-watcher", daemon=True)
+        thread.start()
+        return thread
+
+    def _watch(self, interval_seconds: float) -> None:
+        while not self._stop.is_set():
+            try:
+                self.refresh()
+            except Exception:  # keep watching whatever happens: the next poll may succeed
+                log.exception("model refresh failed")
+            self._stop.wait(interval_seconds)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def wait_until_loaded(self, timeout: float | None = None) -> bool:
+        return self.initial_load_done.wait(timeout)

@@ -1,0 +1,163 @@
+"""HTTP endpoints: parse the request, call the core, shape the JSON."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from flask import Blueprint, Response, current_app, g, jsonify, request
+
+from service import metrics
+from service.errors import InvalidParameter, MissingImage, NotReady, TooManyImages, UnsupportedMediaType
+from service.images import prepare_image
+from service.registry import LoadedModel, ModelRegistry
+from service.settings import Settings
+
+api = Blueprint("api", __name__)
+RAW_BODY_TYPES = ("application/octet-stream",)
+
+
+def _registry() -> ModelRegistry:
+    return current_app.extensions["model_registry"]
+
+
+def _settings() -> Settings:
+    return current_app.extensions["settings"]
+
+
+def read_uploads(max_images: int) -> list[bytes]:
+    """The uploaded images: every multipart ``image`` field, or the raw body of an image/* request."""
+    mimetype = request.mimetype
+    if mimetype == "multipart/form-data":
+        files = request.files.getlist("image")
+        if not files:
+            fields = sorted(set(request.files) | set(request.form))
+            raise MissingImage("no multipart field named 'image'" + (f" (got: {', '.join(fields)})" if fields else ""))
+        uploads = [f.read() for f in files]
+    elif mimetype.startswith("image/") or mimetype in RAW_BODY_TYPES:
+        uploads = [request.get_data(cache=False)]
+    elif not mimetype and not request.content_length:
+        raise MissingImage("send an image as multipart field 'image' or as a raw image/* body")
+    else:
+        raise UnsupportedMediaType(f"Content-Type {mimetype!r} is not accepted; send multipart/form-data with "
+                                   "an 'image' field, or a raw body with an image/* Content-Type")
+    if len(uploads) > max_images:
+        raise TooManyImages(f"{len(uploads)} images in one request; the limit is {max_images} "
+                            "(MAX_IMAGES_PER_REQUEST)")
+    return uploads
+
+
+def parse_top_k(model: LoadedModel, default: int) -> int:
+    raw = request.args.get("top_k")
+    if raw is None:
+        return min(default, len(model.classes))
+    if not raw.isdigit() or not 1 <= int(raw) <= len(model.classes):
+        raise InvalidParameter(f"top_k must be a whole number from 1 to {len(model.classes)}")
+    return int(raw)
+
+
+def prediction_body(model: LoadedModel, probabilities: np.ndarray, top_k: int) -> dict:
+    classes = model.classes
+    results = []
+    for row in probabilities:
+        order = np.argsort(-row, kind="stable")[:top_k]
+        values = row.tolist()
+        results.append({
+            "top": [{"label": classes[i], "index": int(i), "probability": values[i]} for i in order],
+            "probabilities": values,
+        })
+    return {"model": model.name, "version": model.version, "predictions": results}
+
+
+@api.post("/predict")
+def predict():
+    settings = _settings()
+    g.model_label = "unknown"
+    model = _registry().get(request.args.get("model", settings.default_model))
+    g.model_label = model.name
+    top_k = parse_top_k(model, settings.default_top_k)
+    uploads = read_uploads(settings.max_images_per_request)
+
+    started = time.perf_counter()
+    batch = np.stack([prepare_image(data, model.input_spec, settings.max_image_pixels) for data in uploads])
+    decoded = time.perf_counter()
+    probabilities = model.runtime.predict(batch)
+    inferred = time.perf_counter()
+
+    metrics.DECODE_DURATION.labels(model.name).observe(decoded - started)
+    metrics.INFERENCE_DURATION.labels(model.name).observe(inferred - decoded)
+    metrics.IMAGES_PER_REQUEST.labels(model.name).observe(len(uploads))
+    for index in probabilities.argmax(axis=1):
+        metrics.PREDICTIONS.labels(model.name, model.classes[index]).inc()
+    return jsonify(prediction_body(model, probabilities, top_k))
+
+
+def describe_model(model: LoadedModel, detail: bool) -> dict:
+    metadata = model.metadata
+    test = metadata["metrics"]["test"]
+    body = {
+        "name": model.name,
+        "version": model.version,
+        "runtime": model.runtime.kind,
+        "classes": model.classes,
+        "input": metadata["input"],
+        "preprocessing": metadata["preprocessing"],
+        "metrics": {"test_accuracy": test["accuracy"], "test_samples": test["samples"],
+                    "macro_f1": test.get("macro_f1")},
+        "created_at": metadata.get("created_at"),
+        "loaded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(model.loaded_at)),
+    }
+    if detail:
+        body["metrics"] = {"test": test, "validation": metadata["metrics"].get("validation")}
+        body["training"] = {k: v for k, v in metadata["training"].items() if k != "history"}
+        body["data"] = metadata["data"]
+        body["runtimes"] = metadata["runtimes"]
+        body["libraries"] = metadata.get("libraries")
+    return body
+
+
+def _available_versions(registry: ModelRegistry, name: str) -> list[int]:
+    folder = registry.models_dir / name
+    return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit() and (p / "metadata.json").is_file())
+
+
+@api.get("/models")
+def list_models():
+    registry = _registry()
+    if not registry.initial_load_done.is_set():
+        raise NotReady("models are still loading")
+    return jsonify({"default_model": _settings().default_model,
+                    "models": [describe_model(m, detail=False) for m in registry.snapshot().values()]})
+
+
+@api.get("/models/<name>")
+def show_model(name: str):
+    registry = _registry()
+    model = registry.get(name)
+    g.model_label = model.name
+    body = describe_model(model, detail=True)
+    body["available_versions"] = _available_versions(registry, name)
+    if name in registry.errors:
+        body["last_refused"] = registry.errors[name]
+    return jsonify(body)
+
+
+@api.get("/healthz")
+def healthz():
+    return jsonify({"status": "ok"})
+
+
+@api.get("/readyz")
+def readyz():
+    registry = _registry()
+    models = {name: model.version for name, model in registry.snapshot().items()}
+    body = {"status": "ready" if registry.ready else "not_ready", "models": models}
+    if registry.errors:
+        body["refused"] = registry.errors
+    return jsonify(body), 200 if registry.ready else 503
+
+
+@api.get("/metrics")
+def prometheus_metrics():
+    payload, content_type = metrics.render_metrics()
+    return Response(payload, content_type=content_type)

@@ -1,0 +1,76 @@
+"""All configuration, read once from the environment into one typed object."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Service settings; each field's environment variable is named in ``ENVIRONMENT``."""
+
+    models_dir: Path = Path("models")
+    default_model: str = "fashion_mnist"
+    runtime: str = "onnx"  # "onnx" (fast, no TensorFlow) or "keras" (the reference)
+    max_upload_bytes: int = 10 * 1024 * 1024
+    max_image_pixels: int = 40_000_000  # width x height; a decompression-bomb guard
+    max_images_per_request: int = 64
+    default_top_k: int = 5
+    reload_interval_seconds: float = 2.0  # how often workers look for a new current version
+    host: str = "127.0.0.1"
+    port: int = 8000
+    access_log: bool = False
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides) -> Settings:
+        environ = os.environ if environ is None else environ
+        values = {}
+        for field in fields(cls):
+            raw = environ.get(ENVIRONMENT[field.name])
+            if raw is None or raw == "":
+                continue
+            values[field.name] = _parse(field.name, raw, type(getattr(cls, field.name)))
+        values.update(overrides)
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        if self.runtime not in ("onnx", "keras"):
+            raise ValueError(f"MODEL_RUNTIME must be 'onnx' or 'keras', not {self.runtime!r}")
+        for name in ("max_upload_bytes", "max_image_pixels", "max_images_per_request", "default_top_k", "port"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{ENVIRONMENT[name]} must be at least 1")
+        if self.reload_interval_seconds <= 0:
+            raise ValueError("MODEL_RELOAD_SECONDS must be positive")
+
+
+ENVIRONMENT = {
+    "models_dir": "MODELS_DIR",
+    "default_model": "DEFAULT_MODEL",
+    "runtime": "MODEL_RUNTIME",
+    "max_upload_bytes": "MAX_UPLOAD_BYTES",
+    "max_image_pixels": "MAX_IMAGE_PIXELS",
+    "max_images_per_request": "MAX_IMAGES_PER_REQUEST",
+    "default_top_k": "DEFAULT_TOP_K",
+    "reload_interval_seconds": "MODEL_RELOAD_SECONDS",
+    "host": "HOST",
+    "port": "PORT",
+    "access_log": "ACCESS_LOG",
+}
+
+
+def _parse(name: str, raw: str, kind: type):
+    try:
+        if kind is bool:
+            if raw.lower() not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+                raise ValueError(raw)
+            return raw.lower() in ("1", "true", "yes", "on")
+        if kind is type(Path()) or issubclass(kind, Path):
+            return Path(raw)
+        return kind(raw)
+    except ValueError:
+        raise ValueError(f"{ENVIRONMENT[name]}={raw!r} is not a valid {kind.__name__}") from None

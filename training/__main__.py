@@ -1,4 +1,4 @@
-"""Command line: ``python -m training train|evaluate|versions ...``."""
+"""Command line: ``python -m training train|evaluate|versions|retrain|rollback|schedule ...``."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="train a dataset's MLP, evaluate it on the test split, publish it")
     train.add_argument("dataset", choices=sorted(SPECS))
-    train.add_argument("--data-dir", type=Path, default=os.environ.get("DATA_DIR"),
+    train.add_argument("--data-dir", type=Path, default=os.environ.get("DATA_DIR") or None,
                        help="local copy of the data (env DATA_DIR); default: Keras cache, then Keras download")
     train.add_argument("--epochs", type=_positive)
     train.add_argument("--seed", type=int)
@@ -37,10 +37,29 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("evaluate", help="re-measure a published version on the test split")
     evaluate.add_argument("dataset", choices=sorted(SPECS))
     evaluate.add_argument("--version", type=int, help="default: the current version")
-    evaluate.add_argument("--data-dir", type=Path, default=os.environ.get("DATA_DIR"))
+    evaluate.add_argument("--data-dir", type=Path, default=os.environ.get("DATA_DIR") or None)
 
     versions = commands.add_parser("versions", help="list published versions and their test accuracy")
     versions.add_argument("dataset", choices=sorted(SPECS))
+
+    retrain = commands.add_parser("retrain", help="train a candidate; promote it only if it is at least as good")
+    retrain.add_argument("dataset", choices=sorted(SPECS))
+    retrain.add_argument("--data-dir", type=Path, default=os.environ.get("DATA_DIR") or None)
+    retrain.add_argument("--tolerance", type=float, default=float(os.environ.get("RETRAIN_TOLERANCE", "0")),
+                         help="promote if accuracy >= champion's - this (env RETRAIN_TOLERANCE; default 0)")
+    retrain.add_argument("--keep", type=_positive, default=int(os.environ.get("KEEP_VERSIONS", "5")),
+                         help="versions to keep; the current one is never deleted (env KEEP_VERSIONS; default 5)")
+    retrain.add_argument("--epochs", type=_positive)
+    retrain.add_argument("--seed", type=int, help="default: a new seed each run")
+    retrain.add_argument("--train-limit", type=_positive)
+    retrain.add_argument("--test-limit", type=_positive)
+
+    rollback = commands.add_parser("rollback", help="point 'current' back at an older version")
+    rollback.add_argument("dataset", choices=sorted(SPECS))
+    rollback.add_argument("version", type=int, nargs="?", help="default: the newest version before the current")
+
+    schedule = commands.add_parser("schedule", help="retrain on a schedule until stopped (settings: README)")
+    schedule.add_argument("--once", action="store_true", help="run one round now and exit")
     return parser
 
 
@@ -62,6 +81,19 @@ def main(argv: list[str] | None = None) -> int:
             from training.pipeline import versions_command
 
             versions_command(args.dataset, args.models_dir)
+        elif args.command == "retrain":
+            from training.retrain import retrain
+
+            retrain(args.dataset, args.models_dir, args.data_dir, tolerance=args.tolerance, keep_versions=args.keep,
+                    epochs=args.epochs, seed=args.seed, train_limit=args.train_limit, test_limit=args.test_limit)
+        elif args.command == "rollback":
+            from training.retrain import rollback
+
+            rollback(args.dataset, args.models_dir, args.version)
+        elif args.command == "schedule":
+            from training.schedule import main as schedule_main
+
+            return schedule_main(once=args.once)
     except DatasetError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

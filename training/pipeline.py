@@ -21,11 +21,14 @@ def train_and_publish(
     dataset: Dataset,
     config: TrainingConfig,
     models_dir: Path,
-    promote: bool = True,
+    promote: bool | Callable[[TrainingResult], bool] = True,
     report: Callable[[str], None] = print,
 ) -> tuple[PublishedVersion, TrainingResult, dict]:
-    """Train, verify the export, publish a new version; ``promote`` makes it current."""
+    """Train, verify the export, publish a new version; ``promote`` (or what it returns for the trained
+    result) makes it current."""
     result = train_and_evaluate(dataset, config, report)
+    if callable(promote):
+        promote = promote(result)
     holder: dict = {}
 
     def write(folder: Path, version: int) -> None:
@@ -53,8 +56,10 @@ def train_command(name: str, models_dir: Path, data_dir: Path | None, report: Ca
     return published
 
 
-def evaluate_version(models_dir: Path, name: str, dataset: Dataset, version: int | None = None) -> dict:
-    """Test metrics recomputed from a published version's saved Keras model, over its recorded test size."""
+def evaluate_version(models_dir: Path, name: str, dataset: Dataset, version: int | None = None,
+                     test_count: int | None = None) -> dict:
+    """Test metrics recomputed from a published version's saved Keras model, over its recorded test size
+    (or the first ``test_count`` test images)."""
     import keras
 
     from training.artifact import KERAS_FILE
@@ -66,7 +71,7 @@ def evaluate_version(models_dir: Path, name: str, dataset: Dataset, version: int
     if version is None:
         raise PublishError(f"{name} has no current version in {models_dir}")
     metadata = read_metadata(models_dir, name, version)
-    count = metadata["metrics"]["test"]["samples"]
+    count = test_count or metadata["metrics"]["test"]["samples"]
     model = keras.models.load_model(model_dir(models_dir, name) / str(version) / KERAS_FILE)
     probabilities = model.predict(to_model_input(dataset.x_test[:count]), batch_size=1000, verbose=0)
     return {"version": version, "recorded": metadata["metrics"]["test"],

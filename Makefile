@@ -1,0 +1,40 @@
+# The two set-up commands: `make serve` (serve the shipped models) and `make test`.
+# Each creates its virtual environment on first use and reinstalls when pyproject.toml changes.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DATASETS_DIR ?= $(abspath ../shared/datasets)
+export DATASETS_DIR
+
+.PHONY: serve test test-fast train-fashion-mnist train-cifar10 clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(VENV)/.installed-serve: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e .
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e '.[train,test]'
+	touch $@ $(VENV)/.installed-serve
+
+serve: $(VENV)/.installed-serve
+	$(BIN)/gunicorn -c service/gunicorn.conf.py
+
+test: $(VENV)/.installed-dev
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: $(VENV)/.installed-dev
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+train-fashion-mnist: $(VENV)/.installed-dev
+	$(BIN)/python -m training train fashion_mnist --data-dir $(DATASETS_DIR)
+
+train-cifar10: $(VENV)/.installed-dev
+	$(BIN)/python -m training train cifar10 --data-dir $(DATASETS_DIR)
+
+clean:
+	rm -rf $(VENV) .cache .pytest_cache

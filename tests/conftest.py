@@ -1,0 +1,120 @@
+"""Shared fixtures: the real datasets, the shipped models, and a real gunicorn server on a free loopback port."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED_MODELS = ROOT / "models"
+os.environ.setdefault("KERAS_HOME", str(ROOT / ".cache" / "keras"))  # where the CIFAR-10 archive is unpacked
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def datasets_dir() -> Path:
+    return Path(os.environ.get("DATASETS_DIR", ROOT.parent / "shared" / "datasets"))
+
+
+def _require(path: Path, what: str) -> Path:
+    if not path.exists():
+        message = f"{what} not found at {path} (set DATASETS_DIR)"
+        if os.environ.get("REQUIRE_DATA") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+@pytest.fixture(scope="session")
+def fashion_dir() -> Path:
+    return _require(datasets_dir() / "fashion-mnist", "Fashion-MNIST files")
+
+
+@pytest.fixture(scope="session")
+def cifar_archive() -> Path:
+    return _require(datasets_dir() / "cifar10-jpeg.tar.gz", "the CIFAR-10 JPEG archive")
+
+
+@pytest.fixture(scope="session")
+def fashion(fashion_dir):
+    from training.datasets import load_fashion_mnist_idx
+
+    return load_fashion_mnist_idx(fashion_dir)
+
+
+@pytest.fixture(scope="session")
+def cifar_folder(cifar_archive) -> Path:
+    """The unpacked JPEG folder: train/ and test/ with one folder per class."""
+    from training.datasets import unpack_archive
+
+    return unpack_archive(cifar_archive)
+
+
+def png_bytes(pixels: np.ndarray, fmt: str = "PNG", **params) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format=fmt, **params)
+    return buffer.getvalue()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class GunicornServer:
+    """The real service under gunicorn, bound to 127.0.0.1; stopped by its own PID."""
+
+    def __init__(self, models_dir: Path, workers: int = 2, **env):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = io.StringIO()
+        self.env = {**os.environ, "MODELS_DIR": str(models_dir), "PORT": str(self.port), "HOST": "127.0.0.1",
+                    "WEB_CONCURRENCY": str(workers), "MODEL_RELOAD_SECONDS": "0.5", **env}
+        self.env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        self.process: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 60) -> GunicornServer:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "service" / "gunicorn.conf.py")],
+            cwd=ROOT, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"gunicorn exited with {self.process.returncode}:\n{self.process.stdout.read()}")
+            try:
+                if requests.get(self.url + "/readyz", timeout=1).status_code == 200:
+                    return self
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"gunicorn did not become ready in {timeout}s")
+
+    def stop(self) -> str:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.stdout.read() if self.process else ""
+
+
+@pytest.fixture(scope="session")
+def shipped_server():
+    server = GunicornServer(SHIPPED_MODELS).start()
+    yield server
+    server.stop()

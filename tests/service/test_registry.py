@@ -1,0 +1,89 @@
+"""Loading, verifying and refusing versions, on copies of the shipped models."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from service.errors import UnknownModel
+from service.registry import ModelRegistry, VersionRefused, load_version
+from tests.conftest import SHIPPED_MODELS
+
+
+def copy_model(tmp_path, name="fashion_mnist"):
+    target = tmp_path / "models"
+    version = (SHIPPED_MODELS / name / "current").read_text().strip()
+    (target / name).mkdir(parents=True)
+    shutil.copytree(SHIPPED_MODELS / name / version, target / name / version)
+    (target / name / "current").write_text(version + "\n")
+    return target, int(version)
+
+
+def add_version(models_dir, name, source_version, new_version, promote=True):
+    folder = models_dir / name / str(new_version)
+    shutil.copytree(models_dir / name / str(source_version), folder)
+    metadata = json.loads((folder / "metadata.json").read_text())
+    metadata["version"] = new_version
+    (folder / "metadata.json").write_text(json.dumps(metadata))
+    if promote:
+        (models_dir / name / "current").write_text(f"{new_version}\n")
+    return folder
+
+
+def test_shipped_models_load_and_pass_their_own_verification():
+    registry = ModelRegistry(SHIPPED_MODELS)
+    registry.refresh()
+    assert registry.ready and registry.names() == ["cifar10", "fashion_mnist"]
+    with pytest.raises(UnknownModel, match="served models: cifar10, fashion_mnist"):
+        registry.get("mnist")
+
+
+def test_a_new_current_version_is_swapped_in(tmp_path):
+    models_dir, version = copy_model(tmp_path)
+    registry = ModelRegistry(models_dir)
+    registry.refresh()
+    before = registry.get("fashion_mnist")
+    add_version(models_dir, "fashion_mnist", version, version + 1)
+    assert registry.refresh() == [f"fashion_mnist v{version + 1} loaded"]
+    assert registry.get("fashion_mnist").version == version + 1 and before.version == version
+
+
+@pytest.mark.parametrize("damage", ["missing_metadata", "tampered_model", "wrong_outputs", "missing_model"])
+def test_a_bad_version_is_refused_and_the_old_one_keeps_serving(tmp_path, damage):
+    models_dir, version = copy_model(tmp_path)
+    registry = ModelRegistry(models_dir)
+    registry.refresh()
+    folder = add_version(models_dir, "fashion_mnist", version, version + 1)
+    if damage == "missing_metadata":
+        (folder / "metadata.json").unlink()
+    elif damage == "tampered_model":
+        (folder / "model.onnx").write_bytes((folder / "model.onnx").read_bytes()[:-100])
+    elif damage == "missing_model":
+        (folder / "model.onnx").unlink()
+    else:  # the recorded outputs no longer match what the model computes
+        samples = dict(np.load(folder / "verification.npz"))
+        samples["probabilities"] = np.roll(samples["probabilities"], 1, axis=1)
+        np.savez(folder / "verification.npz", **samples)
+        metadata = json.loads((folder / "metadata.json").read_text())
+        metadata["files"].pop("verification.npz")
+        (folder / "metadata.json").write_text(json.dumps(metadata))
+    assert registry.refresh() == [f"fashion_mnist v{version + 1} refused"]
+    assert registry.get("fashion_mnist").version == version
+    assert "fashion_mnist" in registry.errors
+    assert registry.refresh() == []  # the same refused version is not retried on every poll
+    with pytest.raises(VersionRefused):
+        load_version(models_dir, "fashion_mnist", version + 1, "onnx")
+
+
+def test_keras_reference_and_onnx_runtimes_agree_on_real_test_images(fashion):
+    onnx_model = load_version(SHIPPED_MODELS, "fashion_mnist", _current("fashion_mnist"), "onnx")
+    keras_model = load_version(SHIPPED_MODELS, "fashion_mnist", _current("fashion_mnist"), "keras")
+    batch = fashion.x_test[:500].astype(np.float32) / np.float32(255)
+    onnx_out, keras_out = onnx_model.runtime.predict(batch), keras_model.runtime.predict(batch)
+    assert np.max(np.abs(onnx_out - keras_out)) < 1e-4
+    assert np.array_equal(onnx_out.argmax(1), keras_out.argmax(1))
+
+
+def _current(name):
+    return int((SHIPPED_MODELS / name / "current").read_text())

@@ -1,0 +1,82 @@
+"""The Dockerfile and docker-compose.yml, built and run for real with podman (slow: CI runs it)."""
+
+import os
+import shutil
+import subprocess
+import time
+import uuid
+
+import pytest
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import ROOT, free_port, png_bytes
+
+pytestmark = pytest.mark.slow
+
+
+def _require_podman():
+    if shutil.which("podman") and shutil.which("podman-compose"):
+        return
+    message = "podman and podman-compose are needed (bash ../shared/container/setup-podman.sh)"
+    if os.environ.get("REQUIRE_CONTAINERS") == "1":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def run(*command, timeout=1200, env=None, check=True):
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(command)} failed ({result.returncode}):\n{result.stdout[-3000:]}\n"
+                             f"{result.stderr[-3000:]}")
+    return result
+
+
+def test_images_build_and_the_compose_stack_serves_and_retrains(fashion, fashion_dir):
+    _require_podman()
+    run("podman", "build", "--target", "serve", "-t", "image-classifier-service:latest", ".")
+    run("podman", "build", "--target", "train", "-t", "image-classifier-train:latest", ".")
+    size = int(run("podman", "image", "inspect", "--format", "{{.Size}}", "image-classifier-service:latest")
+               .stdout.strip())
+    print(f"serving image: {size / 1e6:.0f} MB")
+    assert "tensorflow" not in run("podman", "run", "--rm", "image-classifier-service:latest", "pip", "list").stdout
+    assert run("podman", "run", "--rm", "image-classifier-service:latest", "id", "-u").stdout.strip() == "10001"
+
+    project = f"ics-test-{uuid.uuid4().hex[:8]}"
+    port = free_port()
+    env = {**os.environ, "API_PORT": str(port), "RETRAIN_INTERVAL": "1h", "DATASETS_DIR": str(fashion_dir.parent),
+           "RETRAIN_DATA_DIR": "/datasets"}
+    compose = ("podman-compose", "-p", project, "-f", "docker-compose.yml")
+    try:
+        run(*compose, "up", "-d", "--no-build", env=env, timeout=300)
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(url + "/readyz", timeout=2).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            time.sleep(1)
+        else:
+            logs = run(*compose, "logs", env=env, check=False)
+            raise AssertionError(f"api never became ready:\n{logs.stdout[-3000:]}{logs.stderr[-3000:]}")
+
+        response = requests.post(url + "/predict", files={"image": png_bytes(fashion.x_test[0])}, timeout=10)
+        assert response.status_code == 200
+        assert response.json()["predictions"][0]["top"][0]["label"] == "Ankle boot"
+        families = {f.name: f for f in text_string_to_metric_families(requests.get(url + "/metrics").text)}
+        assert "classifier_http_requests" in families and "classifier_model_info" in families
+
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            logs = run("podman", "logs", f"{project}_retrain_1", check=False)
+            if "scheduling retrains" in logs.stdout + logs.stderr:
+                break
+            time.sleep(1)
+        else:
+            raise AssertionError(f"the retrain service did not start:\n{logs.stdout}{logs.stderr}")
+        state = run("podman", "inspect", "--format", "{{.State.Running}}", f"{project}_retrain_1").stdout
+        assert state.strip() == "true"
+    finally:
+        run(*compose, "down", "-v", env=env, check=False, timeout=300)

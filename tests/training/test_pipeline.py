@@ -1,0 +1,132 @@
+"""Real, small trainings on real Fashion-MNIST images, published into a temporary models folder."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from training.artifact import KERAS_FILE, ONNX_FILE, VERIFICATION_FILE
+from training.datasets import Dataset
+from training.pipeline import evaluate_version, make_config, train_and_publish
+from training.publish import current_version, list_versions, publish_version, read_metadata
+from training.train import train_and_evaluate
+
+QUICK = dict(epochs=2, hidden_units=(64, 32), train_limit=3000, test_limit=1000, validation_size=500)
+
+
+@pytest.fixture(scope="module")
+def small_fashion(fashion) -> Dataset:
+    return fashion
+
+
+@pytest.fixture(scope="module")
+def published(small_fashion, tmp_path_factory):
+    models_dir = tmp_path_factory.mktemp("models")
+    version, result, metadata = train_and_publish(small_fashion, make_config("fashion_mnist", **QUICK), models_dir,
+                                                  report=lambda line: None)
+    return models_dir, version, result, metadata
+
+
+def test_quick_training_learns_and_publishes_a_complete_version(published):
+    models_dir, version, result, metadata = published
+    assert version.version == 1 and current_version(models_dir, "fashion_mnist") == 1
+    files = {p.name for p in version.path.iterdir()}
+    assert {KERAS_FILE, ONNX_FILE, VERIFICATION_FILE, "metadata.json", "MODEL_CARD.md",
+            "learning_curves.png", "confusion_matrix.png"} <= files
+    assert metadata["metrics"]["test"]["accuracy"] > 0.6  # far above chance (0.1) after two short epochs
+    assert [p.name for p in models_dir.joinpath("fashion_mnist").iterdir() if p.name.startswith(".staging")] == []
+
+
+def test_metadata_describes_the_model(published):
+    models_dir, version, result, metadata = published
+    on_disk = read_metadata(models_dir, "fashion_mnist", 1)
+    assert on_disk == json.loads(json.dumps(metadata))
+    assert on_disk["classes"][0] == "T-shirt/top" and len(on_disk["classes"]) == 10
+    assert on_disk["input"] == {"shape": [28, 28], "dtype": "float32", "color_mode": "grayscale",
+                                "value_range": [0.0, 1.0], "layout": "HW"}
+    assert on_disk["preprocessing"]["invert_light_background"] is True
+    assert len(on_disk["preprocessing"]["standardization"]["mean"]) == 1
+    test = on_disk["metrics"]["test"]
+    assert test["samples"] == 1000 and len(test["per_class"]) == 10
+    assert np.array(test["confusion_matrix"]).sum() == 1000
+    assert on_disk["training"]["config"]["seed"] == 0 and on_disk["training"]["epochs_run"] == 2
+    assert on_disk["data"]["fingerprint"].startswith("sha256:")
+    assert {"tensorflow", "keras", "onnx", "numpy", "python"} <= set(on_disk["libraries"])
+    assert on_disk["runtimes"]["onnx"]["max_abs_diff_vs_keras"] < 1e-4
+    assert "## Test results" in (version_card := (models_dir / "fashion_mnist" / "1" / "MODEL_CARD.md").read_text())
+    assert f"{test['accuracy']:.2%}" in version_card
+
+
+def test_accuracy_recomputed_from_the_saved_model_equals_the_recorded_figure(published, small_fashion):
+    models_dir, *_ = published
+    outcome = evaluate_version(models_dir, "fashion_mnist", small_fashion)
+    assert outcome["measured"]["accuracy"] == outcome["recorded"]["accuracy"]
+    assert outcome["measured"]["confusion_matrix"] == outcome["recorded"]["confusion_matrix"]
+
+
+def test_onnx_export_reproduces_keras_on_real_test_images(published):
+    from training.export import onnx_probabilities
+
+    models_dir, version, result, metadata = published
+    onnx_out = onnx_probabilities((version.path / ONNX_FILE).read_bytes(), result.test_inputs)
+    assert np.max(np.abs(onnx_out - result.test_probabilities)) < 1e-4
+    assert metadata["runtimes"]["onnx"]["test_accuracy"] == pytest.approx(metadata["metrics"]["test"]["accuracy"],
+                                                                          abs=1e-3)
+
+
+def test_same_seed_gives_the_same_metrics_and_another_seed_does_not(small_fashion, published):
+    _, _, first, _ = published
+    config = make_config("fashion_mnist", **QUICK)
+    again = train_and_evaluate(small_fashion, config, report=lambda line: None)
+    assert again.test_metrics == first.test_metrics
+    other = train_and_evaluate(small_fashion, make_config("fashion_mnist", **QUICK, seed=1), report=lambda line: None)
+    assert not np.array_equal(other.test_probabilities, first.test_probabilities)
+
+
+def test_a_failed_publish_leaves_nothing_and_keeps_the_pointer(published):
+    models_dir, *_ = published
+
+    def broken(folder, version):
+        (folder / "model.onnx").write_bytes(b"half")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        publish_version(models_dir, "fashion_mnist", broken, promote=True)
+    assert list_versions(models_dir, "fashion_mnist") == [1]
+    assert current_version(models_dir, "fashion_mnist") == 1
+    assert not [p for p in (models_dir / "fashion_mnist").iterdir() if p.name.startswith(".staging")]
+
+
+def test_a_killed_publish_leaves_no_visible_version(published, tmp_path):
+    models_dir, *_ = published
+    script = textwrap.dedent(f"""
+        import os, signal, sys
+        from pathlib import Path
+        from training.publish import publish_version
+        def write(folder, version):
+            (folder / "model.onnx").write_bytes(b"x" * 1000)
+            print("writing", flush=True)
+            os.kill(os.getpid(), signal.SIGKILL)  # killed mid-write, as by the OOM killer or kill -9
+        publish_version(Path({str(models_dir)!r}), "fashion_mnist", write, promote=True)
+    """)
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert run.returncode == -9 and "writing" in run.stdout
+    folder = models_dir / "fashion_mnist"
+    assert list_versions(models_dir, "fashion_mnist") == [1] and current_version(models_dir, "fashion_mnist") == 1
+    assert not [p for p in folder.iterdir() if p.name.isdigit() and p.name != "1"]
+    # The next publish sweeps the leftover staging folder away.
+    publish_version(models_dir, "fashion_mnist", lambda f, v: (f / "metadata.json").write_text("{}"), promote=False)
+    assert not [p for p in folder.iterdir() if p.name.startswith(".staging")]
+    assert current_version(models_dir, "fashion_mnist") == 1
+
+
+def test_cli_reports_bad_input_clearly(tmp_path):
+    run = subprocess.run([sys.executable, "-m", "training", "--models-dir", str(tmp_path), "train", "cifar10",
+                          "--data-dir", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2
+    assert "error: no cifar10 data found; tried:" in run.stderr and "Traceback" not in run.stderr
+    run = subprocess.run([sys.executable, "-m", "training", "train", "imagenet"], capture_output=True, text=True)
+    assert run.returncode == 2 and "invalid choice: 'imagenet'" in run.stderr

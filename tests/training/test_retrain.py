@@ -1,0 +1,103 @@
+"""Champion/challenger promotion, rollback, pruning and the schedule, with real small trainings."""
+
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+
+import pytest
+
+from tests.conftest import ROOT
+from training.pipeline import make_config, train_and_publish
+from training.publish import current_version, list_versions, read_history
+from training.retrain import decide_promotion, retrain, rollback
+from training.schedule import RetrainScheduler, ScheduleSettings, parse_interval
+
+CHAMPION = dict(epochs=3, hidden_units=(64, 32), train_limit=4000, test_limit=1000, validation_size=500, seed=0)
+WEAK = dict(epochs=1, hidden_units=(8,), train_limit=300, test_limit=1000, validation_size=60, seed=0)
+
+
+def test_promotion_rule():
+    assert decide_promotion(0.80, None, 0.0).promote
+    assert decide_promotion(0.80, 0.80, 0.0).promote
+    assert not decide_promotion(0.79, 0.80, 0.0).promote
+    assert decide_promotion(0.79, 0.80, 0.02).promote
+    assert "candidate 0.7900 < champion 0.8000" in decide_promotion(0.79, 0.80, 0.005).reason
+
+
+@pytest.fixture(scope="module")
+def champion_dir(fashion, tmp_path_factory):
+    models_dir = tmp_path_factory.mktemp("models")
+    train_and_publish(fashion, make_config("fashion_mnist", **CHAMPION), models_dir, report=lambda line: None)
+    return models_dir
+
+
+def test_a_worse_candidate_is_published_but_not_promoted_and_tolerance_can_allow_it(champion_dir, fashion_dir):
+    data_dir = fashion_dir.parent
+    weak = retrain("fashion_mnist", champion_dir, data_dir, tolerance=0.0, report=lambda line: None, **WEAK)
+    assert not weak.promoted and weak.version == 2 and weak.champion_version == 1
+    assert weak.candidate_accuracy < weak.champion_accuracy
+    assert current_version(champion_dir, "fashion_mnist") == 1 and list_versions(champion_dir, "fashion_mnist") == [1, 2]
+
+    tolerant = retrain("fashion_mnist", champion_dir, data_dir, tolerance=1.0, report=lambda line: None, **WEAK)
+    assert tolerant.promoted and current_version(champion_dir, "fashion_mnist") == 3
+
+    history = [r for r in read_history(champion_dir, "fashion_mnist") if r["event"] == "retrain"]
+    assert [(r["version"], r["promoted"]) for r in history] == [(2, False), (3, True)]
+    assert history[0]["champion"] == {"version": 1, "accuracy": weak.champion_accuracy}
+    assert history[0]["candidate"]["accuracy"] == weak.candidate_accuracy and "reason" in history[0]
+
+    assert rollback("fashion_mnist", champion_dir, report=lambda line: None) == 2
+    assert rollback("fashion_mnist", champion_dir, 1, report=lambda line: None) == 1
+    assert current_version(champion_dir, "fashion_mnist") == 1
+    assert read_history(champion_dir, "fashion_mnist")[-1]["event"] == "rollback"
+
+
+def test_pruning_keeps_the_newest_and_never_the_current(champion_dir, fashion_dir):
+    outcome = retrain("fashion_mnist", champion_dir, fashion_dir.parent, tolerance=0.0, keep_versions=2,
+                      report=lambda line: None, **WEAK)
+    assert not outcome.promoted
+    # Versions 1 (current), 3 and 4 were candidates for the last two; 2 goes, 1 stays because it is current.
+    assert list_versions(champion_dir, "fashion_mnist") == [1, 3, 4] and outcome.pruned == [2]
+
+
+def test_a_retrain_killed_mid_run_leaves_nothing_visible(champion_dir, fashion_dir):
+    before = (list_versions(champion_dir, "fashion_mnist"), current_version(champion_dir, "fashion_mnist"))
+    process = subprocess.Popen(
+        [sys.executable, "-u", "-m", "training", "--models-dir", str(champion_dir), "retrain", "fashion_mnist",
+         "--data-dir", str(fashion_dir.parent), "--epochs", "50", "--train-limit", "3000", "--test-limit", "500"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 180
+    for line in process.stdout:
+        if line.startswith("epoch   1/") or time.monotonic() > deadline:
+            break
+    process.kill()
+    process.wait(timeout=30)
+    assert (list_versions(champion_dir, "fashion_mnist"), current_version(champion_dir, "fashion_mnist")) == before
+    hidden = [p.name for p in (champion_dir / "fashion_mnist").iterdir()
+              if not p.name.startswith(".") and p.name not in ("current", "history.jsonl")]
+    assert sorted(hidden, key=int) == [str(v) for v in before[0]]
+
+
+def test_interval_and_cron_schedules():
+    assert parse_interval("90") == 90 and parse_interval("15m") == 900 and parse_interval("6h") == 21600
+    with pytest.raises(ValueError):
+        parse_interval("soon")
+    start = datetime(2026, 1, 1, 10, 30, tzinfo=timezone.utc)
+    assert ScheduleSettings(cron="0 3 * * *").next_run(start) == datetime(2026, 1, 2, 3, 0, tzinfo=timezone.utc)
+    assert ScheduleSettings(interval_seconds=60).next_run(start) == datetime(2026, 1, 1, 10, 31, tzinfo=timezone.utc)
+    with pytest.raises(ValueError):
+        ScheduleSettings.from_env({"RETRAIN_CRON": "every tuesday"})
+
+
+def test_the_scheduler_survives_failed_runs_and_keeps_its_schedule(tmp_path):
+    # An unknown dataset makes each real retrain process fail at once with exit code 2.
+    settings = ScheduleSettings(datasets=("no_such_dataset",), interval_seconds=10, max_retries=1,
+                                retry_seconds=0.001, models_dir=tmp_path)
+    sleeps = []
+    scheduler = RetrainScheduler(settings, sleep=lambda seconds: sleeps.append(seconds) or False)
+    scheduler.run_forever(max_rounds=2)
+    assert scheduler.rounds == 2
+    retries = [s for s in sleeps if s < 1]
+    assert len(retries) == 2 and all(0.0005 <= s <= 0.0015 for s in retries)  # one jittered retry per round
+    assert len([s for s in sleeps if s > 9]) == 2  # and each round still waited for its turn

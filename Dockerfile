@@ -25,7 +25,7 @@ RUN useradd --create-home --uid 10001 app && mkdir -p /app/models /cache && chow
 COPY --from=train-venv /opt/venv /opt/venv
 WORKDIR /app
 COPY training ./training
-ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 \
+ENV PATH=/opt/venv/bin:$PATH PYTHONPATH=/app PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 \
     MODELS_DIR=/app/models KERAS_HOME=/cache/keras MPLCONFIGDIR=/tmp/matplotlib
 USER app
 LABEL org.opencontainers.image.title="image-classifier-train" \
@@ -40,7 +40,7 @@ COPY --from=serve-venv /opt/venv /opt/venv
 WORKDIR /app
 COPY service ./service
 COPY --chown=app:app models ./models
-ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 \
+ENV PATH=/opt/venv/bin:$PATH PYTHONPATH=/app PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 \
     HOST=0.0.0.0 PORT=8000 MODELS_DIR=/app/models PROMETHEUS_MULTIPROC_DIR=/tmp/metrics
 USER app
 EXPOSE 8000

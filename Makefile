@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 DATASETS_DIR ?= $(abspath ../shared/datasets)
 export DATASETS_DIR
 
-.PHONY: serve test test-fast train-fashion-mnist train-cifar10 clean
+.PHONY: serve test test-fast bench train-fashion-mnist train-cifar10 clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,10 @@ test: $(VENV)/.installed-dev
 
 test-fast: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+bench: $(VENV)/.installed-dev
+	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 train-fashion-mnist: $(VENV)/.installed-dev
 	$(BIN)/python -m training train fashion_mnist --data-dir $(DATASETS_DIR)

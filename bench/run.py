@@ -1,0 +1,242 @@
+"""Load benchmark: the service against a bare Flask endpoint, same gunicorn settings, real images, wrk.
+
+    python bench/run.py [--rounds 3] [--seconds 10] [--connections 8] [--workers 2]
+
+Prints req/s, p50/p99 latency and errors per target, the RSS of each server's process tree, time to ready,
+the service/bare ratios, batch amortization, and the in-process cost per image of each step.
+Everything listens on 127.0.0.1 only; every load run is bounded by --seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+BOUNDARY = "benchboundary7e3c1f"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def multipart(images: list[bytes], content_type: str) -> bytes:
+    parts = [(f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"{i}\"\r\n"
+              f"Content-Type: {content_type}\r\n\r\n").encode() + data + b"\r\n" for i, data in enumerate(images)]
+    return b"".join(parts) + f"--{BOUNDARY}--\r\n".encode()
+
+
+def load_images(datasets_dir: Path, count: int) -> dict[str, tuple[list[bytes], str]]:
+    """Fashion-MNIST test images encoded as PNG, CIFAR-10 test images as the JPEG files they are."""
+    import io
+
+    from PIL import Image
+
+    from training.datasets import load_fashion_mnist_idx, unpack_archive
+
+    fashion = load_fashion_mnist_idx(datasets_dir / "fashion-mnist")
+    pngs = []
+    for pixels in fashion.x_test[:count]:
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, format="PNG")
+        pngs.append(buffer.getvalue())
+    cifar = unpack_archive(datasets_dir / "cifar10-jpeg.tar.gz")
+    jpegs = [p.read_bytes() for p in sorted((cifar / "test").glob("*/*.jpg"))[::10][:count]]
+    return {"fashion_mnist": (pngs, "image/png"), "cifar10": (jpegs, "image/jpeg")}
+
+
+class Server:
+    def __init__(self, app: str | None, workers: int, models_dir: Path):
+        self.port = free_port()
+        env = {**os.environ, "PORT": str(self.port), "HOST": "127.0.0.1", "WEB_CONCURRENCY": str(workers),
+               "MODELS_DIR": str(models_dir)}
+        env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        command = [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "service" / "gunicorn.conf.py")]
+        started = time.monotonic()
+        self.process = subprocess.Popen(command + ([app] if app else []), cwd=ROOT, env=env,
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.ready_seconds = self._wait_ready(started)
+
+    def _wait_ready(self, started: float) -> float:
+        while time.monotonic() - started < 60:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/readyz", timeout=1) as response:
+                    if response.status == 200:
+                        return time.monotonic() - started
+            except OSError:
+                time.sleep(0.02)
+        raise RuntimeError("server did not become ready within 60 s")
+
+    def rss_mb(self) -> float:
+        """Resident memory of the master and all its workers."""
+        pids = [self.process.pid] + [int(p) for p in subprocess.run(
+            ["pgrep", "-P", str(self.process.pid)], capture_output=True, text=True).stdout.split()]
+        total = 0
+        for pid in pids:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        return total / 1024
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        self.process.wait(timeout=30)
+
+
+def wrk(port: int, path: str, bodies_list: Path, seconds: int, connections: int) -> dict:
+    env = {**os.environ, "BENCH_BODIES": str(bodies_list), "BENCH_PATH": path, "BENCH_BOUNDARY": BOUNDARY}
+    result = subprocess.run(
+        ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--timeout", "5s", "-s", str(ROOT / "bench" / "predict.lua"),
+         f"http://127.0.0.1:{port}"], capture_output=True, text=True, env=env, timeout=seconds + 60)
+    line = next(line for line in result.stdout.splitlines() if line.startswith("RESULT "))
+    figures = json.loads(line.removeprefix("RESULT "))
+    figures["rps"] = figures["requests"] / figures["seconds"]
+    return figures
+
+
+def write_bodies(folder: Path, name: str, images: list[bytes], content_type: str, per_request: int) -> Path:
+    paths = []
+    for i in range(0, len(images) - per_request + 1, per_request) if per_request > 1 else range(len(images)):
+        path = folder / f"{name}-{per_request}-{i}.body"
+        path.write_bytes(multipart(images[i:i + per_request], content_type))
+        paths.append(str(path))
+    listing = folder / f"{name}-{per_request}.list"
+    listing.write_text("\n".join(paths) + "\n")
+    return listing
+
+
+def in_process_costs(images: dict, models_dir: Path, repeat: int = 300) -> dict:
+    """Microseconds per image for each step, measured inside one process."""
+    from flask import json as flask_json
+
+    from service.images import decode_image, normalize_image
+    from service.registry import ModelRegistry
+    from service.routes import prediction_body
+
+    registry = ModelRegistry(models_dir)
+    registry.refresh()
+    costs = {}
+    for name, (blobs, _) in images.items():
+        model = registry.get(name)
+        sample = blobs[:repeat]
+
+        def timed(function, items):
+            started = time.perf_counter()
+            out = [function(item) for item in items]
+            return (time.perf_counter() - started) / len(items) * 1e6, out
+
+        decode_us, decoded = timed(lambda b: decode_image(b, 40_000_000), sample)
+        normalize_us, arrays = timed(lambda image: normalize_image(image, model.input_spec), decoded)
+        infer_us, outputs = timed(lambda a: model.runtime.predict(a[None]), arrays)
+        json_us, _ = timed(lambda p: flask_json.dumps(prediction_body(model, p, 5)), outputs)
+        batch = np.stack(arrays[:32])
+        started = time.perf_counter()
+        for _ in range(20):
+            model.runtime.predict(batch)
+        batch_infer_us = (time.perf_counter() - started) / 20 / 32 * 1e6
+        costs[name] = {"decode_us": decode_us, "normalize_us": normalize_us, "inference_us": infer_us,
+                       "json_us": json_us, "inference_us_per_image_in_batch_of_32": batch_infer_us}
+    return costs
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--models-dir", type=Path, default=ROOT / "models")
+    parser.add_argument("--datasets-dir", type=Path,
+                        default=Path(os.environ.get("DATASETS_DIR", ROOT.parent / "shared" / "datasets")))
+    parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results" / "latest.json")
+    args = parser.parse_args()
+
+    images = load_images(args.datasets_dir, 64)
+    workdir = Path(tempfile.mkdtemp(prefix="bench-"))
+    singles = {name: write_bodies(workdir, name, blobs, kind, 1) for name, (blobs, kind) in images.items()}
+    batches = {name: write_bodies(workdir, name, blobs, kind, 32) for name, (blobs, kind) in images.items()}
+
+    servers = {"service": Server(None, args.workers, args.models_dir),
+               "bare": Server("bench.bare_app:create_app()", args.workers, args.models_dir)}
+    runs: dict[tuple[str, str], list[dict]] = {}
+    try:
+        for name in images:  # warm-up, not recorded
+            for server in servers.values():
+                wrk(server.port, f"/predict?model={name}", singles[name], 2, args.connections)
+        for round_number in range(args.rounds):
+            order = ["service", "bare"] if round_number % 2 == 0 else ["bare", "service"]
+            for name in images:
+                for target in order:
+                    figures = wrk(servers[target].port, f"/predict?model={name}", singles[name], args.seconds,
+                                  args.connections)
+                    runs.setdefault((target, name), []).append(figures)
+                    print(f"round {round_number + 1} {target:>7} {name:>13}: {figures['rps']:8.0f} req/s  "
+                          f"p50 {figures['p50_ms']:.2f} ms  p99 {figures['p99_ms']:.2f} ms  "
+                          f"errors {figures['errors']}", flush=True)
+        batch_runs = {name: wrk(servers["service"].port, f"/predict?model={name}", batches[name], args.seconds,
+                                args.connections) for name in images}
+        memory = {target: server.rss_mb() for target, server in servers.items()}
+        ready = {target: server.ready_seconds for target, server in servers.items()}
+    finally:
+        for server in servers.values():
+            server.stop()
+
+    summary = {"machine": {"cores": os.cpu_count()}, "settings": vars(args) | {"models_dir": str(args.models_dir),
+               "datasets_dir": str(args.datasets_dir), "output": str(args.output)},
+               "rss_mb": memory, "ready_seconds": ready, "models": {}}
+    print(f"\n{'model':>13} {'target':>8} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'errors':>6}")
+    for name in images:
+        rows = {}
+        for target in ("service", "bare"):
+            series = runs[(target, name)]
+            rows[target] = {"rps": statistics.median(r["rps"] for r in series),
+                            "p50_ms": statistics.median(r["p50_ms"] for r in series),
+                            "p99_ms": statistics.median(r["p99_ms"] for r in series),
+                            "errors": sum(r["errors"] for r in series)}
+            row = rows[target]
+            print(f"{name:>13} {target:>8} {row['rps']:8.0f} {row['p50_ms']:7.2f} {row['p99_ms']:7.2f} "
+                  f"{row['errors']:6d}")
+        batch = batch_runs[name]
+        single_cost = 1 / rows["service"]["rps"]
+        batch_cost = 1 / (batch["rps"] * 32)
+        summary["models"][name] = rows | {
+            "throughput_ratio": rows["service"]["rps"] / rows["bare"]["rps"],
+            "p99_ratio": rows["service"]["p99_ms"] / rows["bare"]["p99_ms"],
+            "batch32": {"requests_per_s": batch["rps"], "images_per_s": batch["rps"] * 32,
+                        "per_image_cost_vs_single": batch_cost / single_cost, "errors": batch["errors"]},
+        }
+    summary["in_process_us_per_image"] = in_process_costs(images, args.models_dir)
+
+    print("\nratios (service / bare), medians of the rounds:")
+    for name, figures in summary["models"].items():
+        print(f"  {name:>13}: throughput {figures['throughput_ratio']:.2f}x  p99 {figures['p99_ratio']:.2f}x  "
+              f"batch of 32: {figures['batch32']['images_per_s']:.0f} images/s, per-image cost "
+              f"{figures['batch32']['per_image_cost_vs_single']:.3f}x a single-image request")
+    print(f"RSS, master + {args.workers} workers: service {memory['service']:.0f} MB, bare {memory['bare']:.0f} MB")
+    print(f"start to ready: service {ready['service']:.2f} s, bare {ready['bare']:.2f} s")
+    print("in-process cost per image (microseconds):")
+    for name, steps in summary["in_process_us_per_image"].items():
+        print(f"  {name:>13}: " + "  ".join(f"{k.removesuffix('_us')} {v:.0f}" for k, v in steps.items()))
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(summary, indent=2, default=str))
+    print(f"\nwritten to {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -66,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from training.datasets import DatasetError
+    from training.publish import PublishError
 
     try:
         if args.command == "train":
@@ -94,16 +95,9 @@ def main(argv: list[str] | None = None) -> int:
             from training.schedule import main as schedule_main
 
             return schedule_main(once=args.once)
-    except DatasetError as exc:
+    except (DatasetError, PublishError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except Exception as exc:
-        from training.publish import PublishError
-
-        if isinstance(exc, PublishError):
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        raise
     return 0
 
 

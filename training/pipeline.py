@@ -17,25 +17,29 @@ def make_config(dataset: str, **overrides) -> TrainingConfig:
     return dataclasses.replace(DEFAULT_CONFIGS[dataset], **{k: v for k, v in overrides.items() if v is not None})
 
 
-def train_and_publish(
-    dataset: Dataset,
-    config: TrainingConfig,
-    models_dir: Path,
-    promote: bool | Callable[[TrainingResult], bool] = True,
-    report: Callable[[str], None] = print,
-) -> tuple[PublishedVersion, TrainingResult, dict]:
-    """Train, verify the export, publish a new version; ``promote`` (or what it returns for the trained
-    result) makes it current."""
-    result = train_and_evaluate(dataset, config, report)
-    if callable(promote):
-        promote = promote(result)
+def publish_result(dataset: Dataset, result: TrainingResult, models_dir: Path,
+                   promote: bool) -> tuple[PublishedVersion, dict]:
+    """Export, verify and publish a trained result as a new version; ``promote`` makes it current."""
     holder: dict = {}
 
     def write(folder: Path, version: int) -> None:
         holder["metadata"] = write_artifact(folder, version, dataset, result)
 
     published = publish_version(models_dir, dataset.spec.name, write, promote=promote)
-    return published, result, holder["metadata"]
+    return published, holder["metadata"]
+
+
+def train_and_publish(
+    dataset: Dataset,
+    config: TrainingConfig,
+    models_dir: Path,
+    promote: bool = True,
+    report: Callable[[str], None] = print,
+) -> tuple[PublishedVersion, TrainingResult, dict]:
+    """Train, verify the export, publish a new version; ``promote`` makes it current."""
+    result = train_and_evaluate(dataset, config, report)
+    published, metadata = publish_result(dataset, result, models_dir, promote)
+    return published, result, metadata
 
 
 def train_command(name: str, models_dir: Path, data_dir: Path | None, report: Callable[[str], None] = print,

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from training.datasets import load_dataset
-from training.pipeline import evaluate_version, make_config, train_and_publish
+from training.pipeline import evaluate_version, make_config, publish_result
 from training.publish import (
     PublishError,
     append_history,
@@ -21,6 +21,7 @@ from training.publish import (
     prune_versions,
     set_current,
 )
+from training.train import train_and_evaluate
 
 DEFAULT_TOLERANCE = 0.0  # a candidate may be this much less accurate (absolute) and still be promoted
 DEFAULT_KEEP_VERSIONS = 5
@@ -71,21 +72,15 @@ def retrain(
     config = make_config(name, **overrides)
     champion_version = current_version(models_dir, name)
 
-    decision_box: dict = {}
-
-    def decide(result) -> bool:
-        champion_accuracy = None
-        if champion_version is not None:
-            # Same images as the candidate: the champion is re-measured, not trusted from its metadata.
-            champion = evaluate_version(models_dir, name, dataset, champion_version,
-                                        test_count=result.test_metrics["samples"])
-            champion_accuracy = champion["measured"]["accuracy"]
-        decision = decide_promotion(result.test_metrics["accuracy"], champion_accuracy, tolerance)
-        decision_box.update(decision=decision, champion_accuracy=champion_accuracy)
-        return decision.promote
-
-    published, result, metadata = train_and_publish(dataset, config, models_dir, promote=decide, report=report)
-    decision: Decision = decision_box["decision"]
+    result = train_and_evaluate(dataset, config, report)
+    champion_accuracy = None
+    if champion_version is not None:
+        # Same images as the candidate: the champion is re-measured, not trusted from its metadata.
+        champion = evaluate_version(models_dir, name, dataset, champion_version,
+                                    test_count=result.test_metrics["samples"])
+        champion_accuracy = champion["measured"]["accuracy"]
+    decision = decide_promotion(result.test_metrics["accuracy"], champion_accuracy, tolerance)
+    published, metadata = publish_result(dataset, result, models_dir, promote=decision.promote)
     candidate_accuracy = metadata["metrics"]["test"]["accuracy"]
     append_history(models_dir, name, {
         "event": "retrain",
@@ -95,13 +90,13 @@ def retrain(
         "tolerance": tolerance,
         "candidate": {"version": published.version, "accuracy": candidate_accuracy,
                       "samples": metadata["metrics"]["test"]["samples"], "seed": config.seed},
-        "champion": {"version": champion_version, "accuracy": decision_box["champion_accuracy"]},
+        "champion": {"version": champion_version, "accuracy": champion_accuracy},
     })
     pruned = prune_versions(models_dir, name, keep_versions)
     report(f"{name} v{published.version}: {'PROMOTED' if decision.promote else 'kept as challenger'} "
            f"({decision.reason}){'; pruned v' + ', v'.join(map(str, pruned)) if pruned else ''}")
     return RetrainOutcome(published.version, decision.promote, decision.reason, candidate_accuracy,
-                          champion_version, decision_box["champion_accuracy"], pruned)
+                          champion_version, champion_accuracy, pruned)
 
 
 def rollback(name: str, models_dir: Path, version: int | None = None,

@@ -19,11 +19,13 @@ from training.datasets import Dataset
 from training.export import ONNX_OPSET, keras_to_onnx, onnx_probabilities
 from training.modelcard import write_model_card
 from training.publish import METADATA_FILE, sha256_file
-from training.train import TrainingResult
+from training.quantize import INT8_VERIFICATION_TOLERANCE, quantize_and_measure
+from training.train import TrainingResult, to_model_input
 
 SCHEMA_VERSION = 1
 KERAS_FILE = "model.keras"
 ONNX_FILE = "model.onnx"
+INT8_ONNX_FILE = "model.int8.onnx"
 VERIFICATION_FILE = "verification.npz"
 VERIFICATION_SAMPLES = 32
 # The exported graph must reproduce Keras' probabilities to this absolute tolerance.
@@ -50,16 +52,19 @@ def export_and_verify(result: TrainingResult) -> tuple[bytes, dict]:
     if not max_diff <= EXPORT_TOLERANCE:
         raise VerificationError(f"ONNX export differs from Keras by {max_diff:.2e} (tolerance {EXPORT_TOLERANCE})")
     onnx_predictions = probabilities.argmax(axis=1)
+    correct = int(np.sum(onnx_predictions == result.test_labels))
     report = {
         "max_abs_diff_vs_keras": max_diff,
         "agreement_with_keras": float(np.mean(onnx_predictions == result.test_probabilities.argmax(axis=1))),
-        "test_accuracy": float(np.mean(onnx_predictions == result.test_labels)),
+        "test_accuracy": correct / len(result.test_labels),
+        "correct": correct,
         "samples": int(len(result.test_labels)),
     }
     return onnx_bytes, report
 
 
-def build_metadata(dataset: Dataset, result: TrainingResult, version: int, onnx_report: dict) -> dict:
+def build_metadata(dataset: Dataset, result: TrainingResult, version: int, onnx_report: dict,
+                   int8_report: dict) -> dict:
     spec = dataset.spec
     return {
         "schema_version": SCHEMA_VERSION,
@@ -105,7 +110,13 @@ def build_metadata(dataset: Dataset, result: TrainingResult, version: int, onnx_
         "runtimes": {
             "onnx": {"file": ONNX_FILE, "opset": ONNX_OPSET, **onnx_report},
             "keras": {"file": KERAS_FILE},
+            # Only when it kept its accuracy; "quantization" below says either way.
+            **({"onnx_int8": {"file": INT8_ONNX_FILE, **int8_report,
+                              "verification": {"outputs": "probabilities_onnx_int8",
+                                               "atol": INT8_VERIFICATION_TOLERANCE}}}
+               if int8_report["published"] else {}),
         },
+        "quantization": int8_report,
         "verification": {"file": VERIFICATION_FILE, "samples": VERIFICATION_SAMPLES, "atol": EXPORT_TOLERANCE},
         "libraries": library_versions(),
     }
@@ -121,16 +132,20 @@ def save_inference_model(model: keras.Model, path: Path) -> None:
 def write_artifact(folder: Path, version: int, dataset: Dataset, result: TrainingResult) -> dict:
     """Write every file of one version into ``folder``; metadata.json, with the files' hashes, comes last."""
     onnx_bytes, onnx_report = export_and_verify(result)
+    int8_bytes, int8_report = quantize_and_measure(
+        onnx_bytes, to_model_input(dataset.x_train), result.test_inputs, result.test_labels,
+        result.test_probabilities, onnx_report["test_accuracy"])
     save_inference_model(result.model, folder / KERAS_FILE)
     (folder / ONNX_FILE).write_bytes(onnx_bytes)
     count = min(VERIFICATION_SAMPLES, len(result.test_inputs))
     # uint8 pixels keep the file small; the service scales them exactly as it scales an upload.
-    np.savez_compressed(
-        folder / VERIFICATION_FILE,
-        pixels=np.round(result.test_inputs[:count] * 255).astype(np.uint8),
-        probabilities=result.test_probabilities[:count].astype(np.float32),
-    )
-    metadata = build_metadata(dataset, result, version, onnx_report)
+    samples = {"pixels": np.round(result.test_inputs[:count] * 255).astype(np.uint8),
+               "probabilities": result.test_probabilities[:count].astype(np.float32)}
+    if int8_bytes is not None:
+        (folder / INT8_ONNX_FILE).write_bytes(int8_bytes)
+        samples["probabilities_onnx_int8"] = onnx_probabilities(int8_bytes, result.test_inputs[:count])
+    np.savez_compressed(folder / VERIFICATION_FILE, **samples)
+    metadata = build_metadata(dataset, result, version, onnx_report, int8_report)
     write_model_card(folder, metadata)
     metadata["files"] = {p.name: sha256_file(p) for p in sorted(folder.iterdir()) if p.is_file()}
     (folder / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")

@@ -77,6 +77,40 @@ def test_onnx_export_reproduces_keras_on_real_test_images(published):
                                                                           abs=1e-3)
 
 
+def test_the_int8_copy_is_measured_on_the_whole_test_set_and_published_within_its_budget(published, small_fashion):
+    from training.artifact import INT8_ONNX_FILE
+    from training.export import onnx_probabilities
+    from training.quantize import MAX_ACCURACY_LOSS, quantize_and_measure
+    from training.train import to_model_input
+
+    models_dir, version, result, metadata = published
+    report = metadata["quantization"]
+    assert report["samples"] == len(result.test_labels) == 1000
+    float_accuracy = metadata["runtimes"]["onnx"]["test_accuracy"]
+    assert report["published"] == (float_accuracy - report["test_accuracy"] <= MAX_ACCURACY_LOSS + 1e-9)
+    # The artifact says what was decided.
+    assert ("onnx_int8" in metadata["runtimes"]) == (version.path / INT8_ONNX_FILE).exists() == report["published"]
+    if report["published"]:
+        int8_bytes = (version.path / INT8_ONNX_FILE).read_bytes()
+        alone = onnx_probabilities(int8_bytes, result.test_inputs, batch_size=1)
+        assert int(np.sum(alone.argmax(1) == result.test_labels)) == report["correct"]
+        assert metadata["files"][INT8_ONNX_FILE].startswith("sha256:")
+        with np.load(version.path / VERIFICATION_FILE) as samples:
+            assert metadata["runtimes"]["onnx_int8"]["verification"]["outputs"] in samples.files
+
+    # The rule both ways, on this model, and what an int8 model computes.
+    arguments = ((version.path / ONNX_FILE).read_bytes(), to_model_input(small_fashion.x_train[:5000]),
+                 result.test_inputs, result.test_labels, result.test_probabilities)
+    int8_bytes, accepted = quantize_and_measure(*arguments, reference_accuracy=0.0)
+    assert accepted["published"] and int8_bytes is not None
+    refused_bytes, refused = quantize_and_measure(*arguments, reference_accuracy=accepted["test_accuracy"] + 0.01)
+    assert refused_bytes is None and not refused["published"] and "loses 1.00%" in refused["reason"]
+    alone = onnx_probabilities(int8_bytes, result.test_inputs, batch_size=1)
+    assert np.array_equal(alone, onnx_probabilities(int8_bytes, result.test_inputs, batch_size=1000))
+    assert np.allclose(alone.sum(axis=1), 1, atol=1e-5) and len(np.unique(alone)) > 1000  # not rounded to steps
+    assert np.mean(alone.argmax(1) == result.test_probabilities.argmax(1)) > 0.95
+
+
 def test_same_seed_gives_the_same_metrics_and_another_seed_does_not(small_fashion, published):
     _, _, first, _ = published
     config = make_config("fashion_mnist", **QUICK)

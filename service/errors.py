@@ -19,6 +19,10 @@ class MissingImage(ClientError):
     code = "missing_image"
 
 
+class InvalidUpload(ClientError):
+    code = "invalid_upload"
+
+
 class InvalidImage(ClientError):
     code = "invalid_image"
 

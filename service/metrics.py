@@ -7,6 +7,7 @@ published model names and their classes, status codes.
 
 from __future__ import annotations
 
+import functools
 import os
 
 from prometheus_client import (
@@ -37,6 +38,13 @@ MODEL_INFO = Gauge(f"{PREFIX}_model_info", "1 for the version each model serves"
                    multiprocess_mode="livemax")
 MODEL_RELOADS = Counter(f"{PREFIX}_model_reloads_total", "Model version loads by result (loaded or refused)",
                         ["model", "result"])
+
+
+@functools.lru_cache(maxsize=4096)
+def series(metric, *label_values: str):
+    """``metric.labels(*label_values)``, looked up once: the lookup takes a lock and builds a key on every call,
+    which on the request path costs as much as the update itself. Label values are bounded, so is the cache."""
+    return metric.labels(*label_values)
 
 
 def render_metrics() -> tuple[bytes, str]:

@@ -22,7 +22,7 @@ import numpy as np
 from service import metrics
 from service.errors import NotReady, UnknownModel
 from service.images import InputSpec
-from service.runtimes import Runtime, load_runtime
+from service.runtimes import Runtime, load_runtime, resolve_kind
 
 log = logging.getLogger(__name__)
 SUPPORTED_SCHEMA_VERSIONS = {1}
@@ -69,14 +69,17 @@ def load_version(models_dir: Path, name: str, version: int, runtime_kind: str) -
             raise VersionRefused(f"{path}: unsupported metadata schema {metadata.get('schema_version')!r}")
         if metadata.get("name") != name or metadata.get("version") != version:
             raise VersionRefused(f"{path}: metadata says {metadata.get('name')} v{metadata.get('version')}")
+        kind = resolve_kind(runtime_kind, metadata)
+        if kind not in metadata.get("runtimes", {}):
+            raise VersionRefused(f"{path}: no {kind!r} model in this version (MODEL_RUNTIME={runtime_kind})")
         for file_name, expected in metadata.get("files", {}).items():
             if not (path / file_name).is_file():
                 raise VersionRefused(f"{path}: {file_name} is missing")
-            if file_name in (metadata["runtimes"][runtime_kind]["file"], metadata["verification"]["file"]):
+            if file_name in (metadata["runtimes"][kind]["file"], metadata["verification"]["file"]):
                 if _sha256(path / file_name) != expected:
                     raise VersionRefused(f"{path}: {file_name} does not match its recorded hash")
         spec = InputSpec.from_metadata(metadata)
-        runtime = load_runtime(runtime_kind, path, metadata)
+        runtime = load_runtime(kind, path, metadata)
         _verify(runtime, path / metadata["verification"]["file"], metadata, spec)
     except VersionRefused:
         raise
@@ -87,12 +90,17 @@ def load_version(models_dir: Path, name: str, version: int, runtime_kind: str) -
 
 def _verify(runtime: Runtime, samples_path: Path, metadata: dict, spec: InputSpec) -> None:
     """The runtime must reproduce the probabilities recorded at publish time."""
+    # The float runtimes reproduce Keras' outputs; the int8 model its own, recorded beside them.
+    check = {**metadata["verification"], **metadata["runtimes"][runtime.kind].get("verification", {})}
+    outputs = check.get("outputs", "probabilities")
     with np.load(samples_path, allow_pickle=False) as samples:
-        pixels, expected = samples["pixels"], samples["probabilities"]
+        if outputs not in samples:
+            raise VersionRefused(f"the verification samples have no {outputs!r}")
+        pixels, expected = samples["pixels"], samples[outputs]
     if pixels.shape[1:] != spec.shape or expected.shape[1] != len(metadata["classes"]):
         raise VersionRefused(f"verification samples do not match the input {spec.shape} or the classes")
     actual = runtime.predict(pixels.astype(np.float32) / np.float32(255.0))
-    atol = float(metadata["verification"].get("atol", 1e-4))
+    atol = float(check.get("atol", 1e-4))
     difference = float(np.max(np.abs(actual - expected)))
     if not difference <= atol:
         raise VersionRefused(f"the model's outputs differ from the recorded ones by {difference:.2e} (> {atol})")
@@ -109,7 +117,7 @@ def read_pointer(models_dir: Path, name: str) -> int | None:
 class ModelRegistry:
     """The models one worker serves; ``get`` is lock-free, ``refresh`` swaps in new versions."""
 
-    def __init__(self, models_dir: Path, runtime_kind: str = "onnx"):
+    def __init__(self, models_dir: Path, runtime_kind: str = "auto"):
         self.models_dir = Path(models_dir)
         self.runtime_kind = runtime_kind
         self._models: dict[str, LoadedModel] = {}
@@ -176,18 +184,17 @@ class ModelRegistry:
         return changes
 
     def start(self, interval_seconds: float) -> threading.Thread:
-        """Load now, then keep watching the pointers, in a daemon thread."""
+        """Keep watching the pointers, in a daemon thread: the first look is after ``interval_seconds``."""
         thread = threading.Thread(target=self._watch, args=(interval_seconds,), name="model-watcher", daemon=True)
         thread.start()
         return thread
 
     def _watch(self, interval_seconds: float) -> None:
-        while not self._stop.is_set():
+        while not self._stop.wait(interval_seconds):
             try:
                 self.refresh()
             except Exception:  # keep watching whatever happens: the next poll may succeed
                 log.exception("model refresh failed")
-            self._stop.wait(interval_seconds)
 
     def stop(self) -> None:
         self._stop.set()

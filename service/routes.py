@@ -8,13 +8,13 @@ import numpy as np
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
 from service import metrics
-from service.errors import InvalidParameter, MissingImage, NotReady, TooManyImages, UnsupportedMediaType
+from service.errors import InvalidParameter, NotReady
 from service.images import prepare_image
 from service.registry import LoadedModel, ModelRegistry
 from service.settings import Settings
+from service.uploads import read_uploads
 
 api = Blueprint("api", __name__)
-RAW_BODY_TYPES = ("application/octet-stream",)
 
 
 def _registry() -> ModelRegistry:
@@ -23,28 +23,6 @@ def _registry() -> ModelRegistry:
 
 def _settings() -> Settings:
     return current_app.extensions["settings"]
-
-
-def read_uploads(max_images: int) -> list[bytes]:
-    """The uploaded images: every multipart ``image`` field, or the raw body of an image/* request."""
-    mimetype = request.mimetype
-    if mimetype == "multipart/form-data":
-        files = request.files.getlist("image")
-        if not files:
-            fields = sorted(set(request.files) | set(request.form))
-            raise MissingImage("no multipart field named 'image'" + (f" (got: {', '.join(fields)})" if fields else ""))
-        uploads = [f.read() for f in files]
-    elif mimetype.startswith("image/") or mimetype in RAW_BODY_TYPES:
-        uploads = [request.get_data(cache=False)]
-    elif not mimetype and not request.content_length:
-        raise MissingImage("send an image as multipart field 'image' or as a raw image/* body")
-    else:
-        raise UnsupportedMediaType(f"Content-Type {mimetype!r} is not accepted; send multipart/form-data with "
-                                   "an 'image' field, or a raw body with an image/* Content-Type")
-    if len(uploads) > max_images:
-        raise TooManyImages(f"{len(uploads)} images in one request; the limit is {max_images} "
-                            "(MAX_IMAGES_PER_REQUEST)")
-    return uploads
 
 
 def parse_top_k(model: LoadedModel, default: int) -> int:
@@ -76,25 +54,28 @@ def predict():
     model = _registry().get(request.args.get("model", settings.default_model))
     g.model_label = model.name
     top_k = parse_top_k(model, settings.default_top_k)
-    uploads = read_uploads(settings.max_images_per_request)
+    uploads = read_uploads(request, settings.max_images_per_request, settings.max_upload_bytes)
 
     started = time.perf_counter()
-    batch = np.stack([prepare_image(data, model.input_spec, settings.max_image_pixels) for data in uploads])
+    arrays = [prepare_image(data, model.input_spec, settings.max_image_pixels) for data in uploads]
+    batch = arrays[0][np.newaxis] if len(arrays) == 1 else np.stack(arrays)
     decoded = time.perf_counter()
     probabilities = model.runtime.predict(batch)
     inferred = time.perf_counter()
 
-    metrics.DECODE_DURATION.labels(model.name).observe(decoded - started)
-    metrics.INFERENCE_DURATION.labels(model.name).observe(inferred - decoded)
-    metrics.IMAGES_PER_REQUEST.labels(model.name).observe(len(uploads))
-    for index in probabilities.argmax(axis=1):
-        metrics.PREDICTIONS.labels(model.name, model.classes[index]).inc()
+    metrics.series(metrics.DECODE_DURATION, model.name).observe(decoded - started)
+    metrics.series(metrics.INFERENCE_DURATION, model.name).observe(inferred - decoded)
+    metrics.series(metrics.IMAGES_PER_REQUEST, model.name).observe(len(uploads))
+    for index in probabilities.argmax(axis=1).tolist():
+        metrics.series(metrics.PREDICTIONS, model.name, model.classes[index]).inc()
     return jsonify(prediction_body(model, probabilities, top_k))
 
 
 def describe_model(model: LoadedModel, detail: bool) -> dict:
     metadata = model.metadata
     test = metadata["metrics"]["test"]
+    # The float runtimes give the Keras model's results; the int8 one has its own, measured at publish time.
+    served = metadata["runtimes"].get(model.runtime.kind, {}).get("test_accuracy", test["accuracy"])
     body = {
         "name": model.name,
         "version": model.version,
@@ -102,13 +83,14 @@ def describe_model(model: LoadedModel, detail: bool) -> dict:
         "classes": model.classes,
         "input": metadata["input"],
         "preprocessing": metadata["preprocessing"],
-        "metrics": {"test_accuracy": test["accuracy"], "test_samples": test["samples"],
-                    "macro_f1": test.get("macro_f1")},
+        "metrics": {"test_accuracy": test["accuracy"], "served_test_accuracy": served,
+                    "test_samples": test["samples"], "macro_f1": test.get("macro_f1")},
         "created_at": metadata.get("created_at"),
         "loaded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(model.loaded_at)),
     }
     if detail:
-        body["metrics"] = {"test": test, "validation": metadata["metrics"].get("validation")}
+        body["metrics"] = {"test": test, "served_test_accuracy": served,
+                           "validation": metadata["metrics"].get("validation")}
         body["training"] = {k: v for k, v in metadata["training"].items() if k != "history"}
         body["data"] = metadata["data"]
         body["runtimes"] = metadata["runtimes"]

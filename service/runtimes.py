@@ -20,9 +20,10 @@ class Runtime(Protocol):
 
 
 class OnnxRuntime:
-    kind = "onnx"
+    """The float32 export ("onnx") or its int8 copy ("onnx_int8"): the same session, a different file."""
 
-    def __init__(self, model_path: Path):
+    def __init__(self, model_path: Path, kind: str = "onnx"):
+        self.kind = kind
         import onnxruntime
 
         options = onnxruntime.SessionOptions()
@@ -42,7 +43,7 @@ class OnnxRuntime:
 class KerasRuntime:
     kind = "keras"
 
-    def __init__(self, model_path: Path):
+    def __init__(self, model_path: Path, kind: str = "keras"):
         import keras  # imported here: TensorFlow is only needed when this runtime is chosen
 
         self.model = keras.models.load_model(model_path, compile=False)
@@ -51,7 +52,14 @@ class KerasRuntime:
         return np.asarray(self.model(batch, training=False))
 
 
-RUNTIMES = {"onnx": OnnxRuntime, "keras": KerasRuntime}
+RUNTIMES = {"onnx_int8": OnnxRuntime, "onnx": OnnxRuntime, "keras": KerasRuntime}
+
+
+def resolve_kind(requested: str, metadata: dict) -> str:
+    """The runtime a version is served with: "auto" takes the first of int8 and float32 ONNX it publishes."""
+    if requested != "auto":
+        return requested
+    return next((kind for kind in ("onnx_int8", "onnx") if kind in metadata.get("runtimes", {})), "onnx")
 
 
 def load_runtime(kind: str, version_dir: Path, metadata: dict) -> Runtime:
@@ -60,4 +68,4 @@ def load_runtime(kind: str, version_dir: Path, metadata: dict) -> Runtime:
         file_name = metadata["runtimes"][kind]["file"]
     except KeyError:
         raise ValueError(f"the metadata names no {kind!r} model file") from None
-    return RUNTIMES[kind](version_dir / file_name)
+    return RUNTIMES[kind](version_dir / file_name, kind)

@@ -14,7 +14,9 @@ class Settings:
 
     models_dir: Path = Path("models")
     default_model: str = "fashion_mnist"
-    runtime: str = "onnx"  # "onnx" (fast, no TensorFlow) or "keras" (the reference)
+    # "auto": the int8 ONNX model where a version has one, else the float one; or force "onnx_int8", "onnx"
+    # (float32) or "keras" (the reference, needs TensorFlow).
+    runtime: str = "auto"
     max_upload_bytes: int = 10 * 1024 * 1024
     max_image_pixels: int = 40_000_000  # width x height; a decompression-bomb guard
     max_images_per_request: int = 64
@@ -39,14 +41,16 @@ class Settings:
         return settings
 
     def validate(self) -> None:
-        if self.runtime not in ("onnx", "keras"):
-            raise ValueError(f"MODEL_RUNTIME must be 'onnx' or 'keras', not {self.runtime!r}")
+        if self.runtime not in RUNTIME_CHOICES:
+            raise ValueError(f"MODEL_RUNTIME must be one of {', '.join(RUNTIME_CHOICES)}, not {self.runtime!r}")
         for name in ("max_upload_bytes", "max_image_pixels", "max_images_per_request", "default_top_k", "port"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{ENVIRONMENT[name]} must be at least 1")
         if self.reload_interval_seconds <= 0:
             raise ValueError("MODEL_RELOAD_SECONDS must be positive")
 
+
+RUNTIME_CHOICES = ("auto", "onnx_int8", "onnx", "keras")
 
 ENVIRONMENT = {
     "models_dir": "MODELS_DIR",

@@ -17,6 +17,12 @@ def metadata(name):
     return json.loads((SHIPPED_MODELS / name / version / "metadata.json").read_text())
 
 
+def served_runtime(server, name):
+    """What the served runtime (int8 by default) was measured to do at publish time."""
+    kind = requests.get(f"{server.url}/models/{name}", timeout=10).json()["runtime"]
+    return kind, metadata(name)["runtimes"][kind]
+
+
 def samples(server, name):
     """Every sample of every metric, keyed by (sample name, sorted labels)."""
     text = requests.get(server.url + "/metrics", timeout=10).text
@@ -38,7 +44,8 @@ def test_health_readiness_and_model_metadata(shipped_server):
     detail = requests.get(shipped_server.url + "/models/cifar10").json()
     assert detail["classes"][3] == "cat" and detail["input"]["shape"] == [32, 32, 3]
     assert detail["metrics"]["test"]["accuracy"] == metadata("cifar10")["metrics"]["test"]["accuracy"]
-    assert detail["preprocessing"]["invert_light_background"] is False and detail["runtime"] == "onnx"
+    assert detail["preprocessing"]["invert_light_background"] is False and detail["runtime"] == "onnx_int8"
+    assert detail["metrics"]["served_test_accuracy"] == metadata("cifar10")["runtimes"]["onnx_int8"]["test_accuracy"]
 
 
 def test_predict_returns_sorted_classes_and_a_full_distribution(shipped_server, fashion):
@@ -57,7 +64,8 @@ def test_several_images_give_one_result_each_in_order(shipped_server, fashion):
     picks = [fashion.x_test[i] for i in range(8)]
     body = post_images(shipped_server, [png_bytes(p) for p in picks]).json()
     single = [post_images(shipped_server, [png_bytes(p)]).json()["predictions"][0] for p in picks]
-    assert [p["top"][0]["index"] for p in body["predictions"]] == [s["top"][0]["index"] for s in single]
+    # Exactly the same numbers: an image's result never depends on the others in its request.
+    assert body["predictions"] == single
     assert np.allclose([p["probabilities"] for p in body["predictions"]], [s["probabilities"] for s in single],
                        atol=1e-6)
 
@@ -92,7 +100,7 @@ def _served_accuracy(server, model, encoded, labels, batch=50):
 
 
 def test_served_accuracy_on_the_fashion_test_set_equals_the_recorded_one(shipped_server, fashion):
-    recorded = metadata("fashion_mnist")["metrics"]["test"]
+    _, recorded = served_runtime(shipped_server, "fashion_mnist")
     assert recorded["samples"] == 10000
     encoded = [png_bytes(pixels) for pixels in fashion.x_test]
     assert _served_accuracy(shipped_server, "fashion_mnist", encoded, fashion.y_test) == recorded["correct"]
@@ -101,7 +109,7 @@ def test_served_accuracy_on_the_fashion_test_set_equals_the_recorded_one(shipped
 def test_served_accuracy_on_the_cifar_jpeg_files_equals_the_recorded_one(shipped_server, cifar_folder):
     from training.datasets import SPECS
 
-    recorded = metadata("cifar10")["metrics"]["test"]
+    _, recorded = served_runtime(shipped_server, "cifar10")
     files = sorted((cifar_folder / "test").glob("*/*.jpg"), key=lambda p: (SPECS["cifar10"].classes.index(
         p.parent.name), p.name))
     labels = np.array([SPECS["cifar10"].classes.index(p.parent.name) for p in files])
@@ -131,6 +139,8 @@ def test_errors_are_json_with_the_right_status(shipped_server, fashion):
     _error(requests.get(shipped_server.url + "/nowhere"), 404, "not_found")
     _error(requests.post(url, files={"image": ("big.png", b"\0" * (11 * 1024 * 1024))}), 413, "payload_too_large")
     _error(requests.post(url, json={"image": "base64?"}), 415, "unsupported_media_type")
+    _error(requests.post(url, data=b"--b\r\nContent-Disposition: form-data; name=image\r\n",
+                         headers={"Content-Type": "multipart/form-data; boundary=b"}), 400, "invalid_upload")
     ico = io.BytesIO()
     Image.fromarray(fashion.x_test[0]).save(ico, format="ICO")
     _error(requests.post(url, files={"image": ("a.ico", ico.getvalue())}), 415, "unsupported_media_type")

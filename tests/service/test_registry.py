@@ -11,6 +11,9 @@ from service.registry import ModelRegistry, VersionRefused, load_version
 from tests.conftest import SHIPPED_MODELS
 
 
+MODEL_FILES = ("model.onnx", "model.int8.onnx")
+
+
 def copy_model(tmp_path, name="fashion_mnist"):
     target = tmp_path / "models"
     version = (SHIPPED_MODELS / name / "current").read_text().strip()
@@ -58,12 +61,15 @@ def test_a_bad_version_is_refused_and_the_old_one_keeps_serving(tmp_path, damage
     if damage == "missing_metadata":
         (folder / "metadata.json").unlink()
     elif damage == "tampered_model":
-        (folder / "model.onnx").write_bytes((folder / "model.onnx").read_bytes()[:-100])
+        for model_file in MODEL_FILES:
+            (folder / model_file).write_bytes((folder / model_file).read_bytes()[:-100])
     elif damage == "missing_model":
-        (folder / "model.onnx").unlink()
-    else:  # the recorded outputs no longer match what the model computes
+        for model_file in MODEL_FILES:
+            (folder / model_file).unlink()
+    else:  # the recorded outputs no longer match what the models compute
         samples = dict(np.load(folder / "verification.npz"))
-        samples["probabilities"] = np.roll(samples["probabilities"], 1, axis=1)
+        for outputs in ("probabilities", "probabilities_onnx_int8"):
+            samples[outputs] = np.roll(samples[outputs], 1, axis=1)
         np.savez(folder / "verification.npz", **samples)
         metadata = json.loads((folder / "metadata.json").read_text())
         metadata["files"].pop("verification.npz")
@@ -87,3 +93,35 @@ def test_keras_reference_and_onnx_runtimes_agree_on_real_test_images(fashion):
 
 def _current(name):
     return int((SHIPPED_MODELS / name / "current").read_text())
+
+
+def test_auto_serves_the_int8_model_and_falls_back_to_float_where_there_is_none(tmp_path):
+    models_dir, version = copy_model(tmp_path)
+    assert load_version(models_dir, "fashion_mnist", version, "auto").runtime.kind == "onnx_int8"
+    assert load_version(models_dir, "fashion_mnist", version, "onnx").runtime.kind == "onnx"
+    folder = add_version(models_dir, "fashion_mnist", version, version + 1)
+    metadata = json.loads((folder / "metadata.json").read_text())
+    del metadata["runtimes"]["onnx_int8"]  # a version published without an int8 copy
+    del metadata["files"]["model.int8.onnx"]
+    (folder / "metadata.json").write_text(json.dumps(metadata))
+    (folder / "model.int8.onnx").unlink()
+    assert load_version(models_dir, "fashion_mnist", version + 1, "auto").runtime.kind == "onnx"
+    with pytest.raises(VersionRefused, match="no 'onnx_int8' model"):
+        load_version(models_dir, "fashion_mnist", version + 1, "onnx_int8")
+
+
+@pytest.mark.parametrize("name", ["fashion_mnist", "cifar10"])
+def test_int8_results_do_not_depend_on_the_batch_and_agree_with_float(name, fashion, cifar_folder):
+    from PIL import Image
+
+    if name == "fashion_mnist":
+        images = fashion.x_test[:500]
+    else:
+        files = sorted((cifar_folder / "test").glob("*/*.jpg"))[::20]
+        images = np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files])
+    batch = images.astype(np.float32) / np.float32(255)
+    int8 = load_version(SHIPPED_MODELS, name, _current(name), "onnx_int8").runtime
+    float32 = load_version(SHIPPED_MODELS, name, _current(name), "onnx").runtime
+    together = int8.predict(batch)
+    assert np.array_equal(together, np.concatenate([int8.predict(batch[i:i + 1]) for i in range(len(batch))]))
+    assert np.mean(together.argmax(1) == float32.predict(batch).argmax(1)) >= 0.97

@@ -18,7 +18,8 @@ def publish_copy(models_dir, name, source_version, new_version, damage=None, pro
     metadata["version"] = new_version
     (staging / "metadata.json").write_text(json.dumps(metadata))
     if damage == "tampered":
-        (staging / "model.onnx").write_bytes((staging / "model.onnx").read_bytes()[:-64])
+        for model_file in ("model.onnx", "model.int8.onnx"):
+            (staging / model_file).write_bytes((staging / model_file).read_bytes()[:-64])
     staging.rename(models_dir / name / str(new_version))
     if promote:
         pointer = models_dir / name / ".current.tmp"

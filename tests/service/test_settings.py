@@ -8,7 +8,7 @@ from service.settings import Settings
 def test_defaults_follow_the_documented_conventions():
     settings = Settings.from_env({})
     assert (settings.port, settings.host, settings.models_dir) == (8000, "127.0.0.1", Path("models"))
-    assert settings.runtime == "onnx" and settings.default_model == "fashion_mnist"
+    assert settings.runtime == "auto" and settings.default_model == "fashion_mnist"
 
 
 def test_values_are_read_and_typed_from_the_environment():
@@ -20,7 +20,7 @@ def test_values_are_read_and_typed_from_the_environment():
 
 @pytest.mark.parametrize("environ, message", [
     ({"PORT": "eighty"}, "PORT='eighty' is not a valid int"),
-    ({"MODEL_RUNTIME": "torch"}, "MODEL_RUNTIME must be 'onnx' or 'keras'"),
+    ({"MODEL_RUNTIME": "torch"}, "MODEL_RUNTIME must be one of auto, onnx_int8, onnx, keras"),
     ({"MAX_IMAGES_PER_REQUEST": "0"}, "MAX_IMAGES_PER_REQUEST must be at least 1"),
     ({"ACCESS_LOG": "maybe"}, "ACCESS_LOG='maybe' is not a valid bool"),
 ])

@@ -23,6 +23,7 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
+import orjson
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -82,12 +83,22 @@ class Server:
                 time.sleep(0.02)
         raise RuntimeError("server did not become ready within 60 s")
 
+    def pids(self) -> list[int]:
+        return [self.process.pid] + [int(p) for p in subprocess.run(
+            ["pgrep", "-P", str(self.process.pid)], capture_output=True, text=True).stdout.split()]
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time used so far by the master and all its workers."""
+        total = 0
+        for pid in self.pids():
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+        return total / os.sysconf("SC_CLK_TCK")
+
     def rss_mb(self) -> float:
         """Resident memory of the master and all its workers."""
-        pids = [self.process.pid] + [int(p) for p in subprocess.run(
-            ["pgrep", "-P", str(self.process.pid)], capture_output=True, text=True).stdout.split()]
         total = 0
-        for pid in pids:
+        for pid in self.pids():
             for line in Path(f"/proc/{pid}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
                     total += int(line.split()[1])
@@ -101,7 +112,8 @@ class Server:
 def wrk(port: int, path: str, bodies_list: Path, seconds: int, connections: int) -> dict:
     env = {**os.environ, "BENCH_BODIES": str(bodies_list), "BENCH_PATH": path, "BENCH_BOUNDARY": BOUNDARY}
     result = subprocess.run(
-        ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--timeout", "5s", "-s", str(ROOT / "bench" / "predict.lua"),
+        ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--timeout", "5s",
+         "-s", str(ROOT / "bench" / "predict.lua"),
          f"http://127.0.0.1:{port}"], capture_output=True, text=True, env=env, timeout=seconds + 60)
     line = next(line for line in result.stdout.splitlines() if line.startswith("RESULT "))
     figures = json.loads(line.removeprefix("RESULT "))
@@ -121,37 +133,83 @@ def write_bodies(folder: Path, name: str, images: list[bytes], content_type: str
 
 
 def in_process_costs(images: dict, models_dir: Path, repeat: int = 300) -> dict:
-    """Microseconds per image for each step, measured inside one process."""
-    from flask import json as flask_json
+    """Microseconds per image for each step of a single-image /predict, measured inside one process."""
+    import io
 
-    from service.images import decode_image, normalize_image
+    from flask import Request
+
+    from service import metrics
+    from service.fast_decode import decode_plain
+    from service.images import decode_image, normalize_pixels, oriented_in_mode
     from service.registry import ModelRegistry
     from service.routes import prediction_body
+    from service.settings import Settings
+    from service.uploads import read_uploads
 
-    registry = ModelRegistry(models_dir)
+    registry = ModelRegistry(models_dir, Settings.from_env().runtime)  # MODEL_RUNTIME, as the servers read it
     registry.refresh()
     costs = {}
-    for name, (blobs, _) in images.items():
+    for name, (blobs, kind) in images.items():
         model = registry.get(name)
+        spec = model.input_spec
         sample = blobs[:repeat]
 
         def timed(function, items):
+            for item in items:  # warm-up: first calls create metric files, fill caches
+                function(item)
             started = time.perf_counter()
             out = [function(item) for item in items]
             return (time.perf_counter() - started) / len(items) * 1e6, out
 
-        decode_us, decoded = timed(lambda b: decode_image(b, 40_000_000), sample)
-        normalize_us, arrays = timed(lambda image: normalize_image(image, model.input_spec), decoded)
+        def request_for(data: bytes) -> Request:
+            body = multipart([data], kind)
+            return Request({"REQUEST_METHOD": "POST", "wsgi.input": io.BytesIO(body),
+                            "CONTENT_TYPE": f"multipart/form-data; boundary={BOUNDARY}",
+                            "CONTENT_LENGTH": str(len(body))})
+
+        parse_us, uploads = timed(lambda b: read_uploads(request_for(b), 64, 1 << 24)[0], sample)
+        werkzeug_us, _ = timed(lambda b: request_for(b).files["image"].read(), sample)
+        request_us, _ = timed(request_for, sample)
+
+        def decode(data: bytes):
+            pixels = decode_plain(data, spec.pillow_mode, 40_000_000)
+            return pixels if pixels is not None else np.asarray(oriented_in_mode(decode_image(data, 40_000_000), spec))
+
+        decode_us, decoded = timed(decode, uploads)
+        pillow_us, _ = timed(lambda data: np.asarray(oriented_in_mode(decode_image(data, 40_000_000), spec)), uploads)
+        normalize_us, arrays = timed(lambda pixels: normalize_pixels(pixels, spec), decoded)
         infer_us, outputs = timed(lambda a: model.runtime.predict(a[None]), arrays)
-        json_us, _ = timed(lambda p: flask_json.dumps(prediction_body(model, p, 5)), outputs)
+        json_us, _ = timed(lambda p: orjson.dumps(prediction_body(model, p, 5)), outputs)
+        stdlib_json_us, _ = timed(lambda p: json.dumps(prediction_body(model, p, 5)).encode(), outputs)
+
+        def record(p):
+            metrics.series(metrics.DECODE_DURATION, name).observe(0.0001)
+            metrics.series(metrics.INFERENCE_DURATION, name).observe(0.0001)
+            metrics.series(metrics.IMAGES_PER_REQUEST, name).observe(1)
+            metrics.series(metrics.PREDICTIONS, name, model.classes[int(p.argmax())]).inc()
+            metrics.series(metrics.REQUESTS, "/predict", name, "200").inc()
+            metrics.series(metrics.REQUEST_DURATION, "/predict").observe(0.001)
+
+        metrics_us, _ = timed(record, outputs)
         batch = np.stack(arrays[:32])
         started = time.perf_counter()
         for _ in range(20):
             model.runtime.predict(batch)
         batch_infer_us = (time.perf_counter() - started) / 20 / 32 * 1e6
-        costs[name] = {"decode_us": decode_us, "normalize_us": normalize_us, "inference_us": infer_us,
-                       "json_us": json_us, "inference_us_per_image_in_batch_of_32": batch_infer_us}
+        costs[name] = {"runtime": model.runtime.kind,
+                       "parse_us": parse_us - request_us, "parse_werkzeug_us": werkzeug_us - request_us,
+                       "decode_us": decode_us, "decode_pillow_us": pillow_us, "normalize_us": normalize_us,
+                       "inference_us": infer_us, "json_us": json_us, "json_stdlib_us": stdlib_json_us,
+                       "metrics_us": metrics_us,
+                       "inference_us_per_image_in_batch_of_32": batch_infer_us}
     return costs
+
+
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown"
 
 
 def main() -> int:
@@ -165,6 +223,8 @@ def main() -> int:
                         default=Path(os.environ.get("DATASETS_DIR", ROOT.parent / "shared" / "datasets")))
     parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results" / "latest.json")
     args = parser.parse_args()
+    # The in-process step costs use the metric store the servers use: one file per process, shared by workers.
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="bench-metrics-")
 
     images = load_images(args.datasets_dir, 64)
     workdir = Path(tempfile.mkdtemp(prefix="bench-"))
@@ -182,11 +242,15 @@ def main() -> int:
             order = ["service", "bare"] if round_number % 2 == 0 else ["bare", "service"]
             for name in images:
                 for target in order:
+                    cpu_before = servers[target].cpu_seconds()
                     figures = wrk(servers[target].port, f"/predict?model={name}", singles[name], args.seconds,
                                   args.connections)
+                    figures["server_cpu_us_per_request"] = ((servers[target].cpu_seconds() - cpu_before)
+                                                            / max(figures["requests"], 1) * 1e6)
                     runs.setdefault((target, name), []).append(figures)
                     print(f"round {round_number + 1} {target:>7} {name:>13}: {figures['rps']:8.0f} req/s  "
                           f"p50 {figures['p50_ms']:.2f} ms  p99 {figures['p99_ms']:.2f} ms  "
+                          f"server CPU {figures['server_cpu_us_per_request']:.0f} us/request  "
                           f"errors {figures['errors']}", flush=True)
         batch_runs = {name: wrk(servers["service"].port, f"/predict?model={name}", batches[name], args.seconds,
                                 args.connections) for name in images}
@@ -196,10 +260,11 @@ def main() -> int:
         for server in servers.values():
             server.stop()
 
-    summary = {"machine": {"cores": os.cpu_count()}, "settings": vars(args) | {"models_dir": str(args.models_dir),
+    summary = {"machine": {"cores": os.cpu_count(), "cpu": cpu_model()},
+               "settings": vars(args) | {"models_dir": str(args.models_dir),
                "datasets_dir": str(args.datasets_dir), "output": str(args.output)},
                "rss_mb": memory, "ready_seconds": ready, "models": {}}
-    print(f"\n{'model':>13} {'target':>8} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'errors':>6}")
+    print(f"\n{'model':>13} {'target':>8} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'CPU us/req':>10} {'errors':>6}")
     for name in images:
         rows = {}
         for target in ("service", "bare"):
@@ -207,10 +272,12 @@ def main() -> int:
             rows[target] = {"rps": statistics.median(r["rps"] for r in series),
                             "p50_ms": statistics.median(r["p50_ms"] for r in series),
                             "p99_ms": statistics.median(r["p99_ms"] for r in series),
+                            "server_cpu_us_per_request": statistics.median(r["server_cpu_us_per_request"]
+                                                                           for r in series),
                             "errors": sum(r["errors"] for r in series)}
             row = rows[target]
             print(f"{name:>13} {target:>8} {row['rps']:8.0f} {row['p50_ms']:7.2f} {row['p99_ms']:7.2f} "
-                  f"{row['errors']:6d}")
+                  f"{row['server_cpu_us_per_request']:10.0f} {row['errors']:6d}")
         batch = batch_runs[name]
         single_cost = 1 / rows["service"]["rps"]
         batch_cost = 1 / (batch["rps"] * 32)
@@ -229,9 +296,11 @@ def main() -> int:
               f"{figures['batch32']['per_image_cost_vs_single']:.3f}x a single-image request")
     print(f"RSS, master + {args.workers} workers: service {memory['service']:.0f} MB, bare {memory['bare']:.0f} MB")
     print(f"start to ready: service {ready['service']:.2f} s, bare {ready['bare']:.2f} s")
-    print("in-process cost per image (microseconds):")
+    print("in-process cost per image (microseconds); for comparison, parse_werkzeug is the bare app's "
+          "request.files, decode_pillow and json_stdlib what the direct decoders and orjson replace:")
     for name, steps in summary["in_process_us_per_image"].items():
-        print(f"  {name:>13}: " + "  ".join(f"{k.removesuffix('_us')} {v:.0f}" for k, v in steps.items()))
+        print(f"  {name:>13} ({steps['runtime']}): " + "  ".join(
+            f"{k.removesuffix('_us')} {v:.0f}" for k, v in steps.items() if k != "runtime"))
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(summary, indent=2, default=str))
     print(f"\nwritten to {args.output}")

@@ -39,8 +39,8 @@ def create_app(settings: Settings | None = None, watch: bool = True) -> Flask:
 
 
 class OrjsonProvider(JSONProvider):
-    """Flask's JSON through orjson: about 25 times faster than the standard library on a prediction body,
-    which is a visible share of a request that takes well under a millisecond. Keys keep their order."""
+    """Flask's JSON through orjson: a prediction body is built and encoded in a third of the standard library's
+    time (``make bench`` prints both), a visible share of a sub-millisecond request. Keys keep their order."""
 
     OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
 

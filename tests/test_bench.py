@@ -1,0 +1,28 @@
+"""The benchmark's own parts run against the shipped models (figures are printed by bench/run.py, never asserted)."""
+
+import numpy as np
+
+from bench.bare_app import create_app as create_bare_app
+from bench.run import BOUNDARY, in_process_costs, load_images, multipart
+from tests.conftest import SHIPPED_MODELS, datasets_dir
+
+
+def test_the_in_process_step_costs_cover_every_step_of_both_models(fashion, cifar_folder):
+    images = load_images(datasets_dir(), 8)
+    assert [len(blobs) for blobs, _ in images.values()] == [8, 8]
+    costs = in_process_costs(images, SHIPPED_MODELS, repeat=8)
+    for name in ("fashion_mnist", "cifar10"):
+        steps = costs[name]
+        assert steps.pop("runtime") == "onnx_int8"
+        assert set(steps) == {"parse_us", "parse_werkzeug_us", "decode_us", "decode_pillow_us", "normalize_us",
+                              "inference_us", "json_us", "json_stdlib_us", "metrics_us",
+                              "inference_us_per_image_in_batch_of_32"}
+        assert all(np.isfinite(value) for value in steps.values())
+
+
+def test_the_bare_app_reads_the_whole_upload(fashion):
+    (png, *_), content_type = load_images(datasets_dir(), 1)["fashion_mnist"]
+    response = create_bare_app().test_client().post(
+        "/predict", data=multipart([png, png], content_type),
+        headers={"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"})
+    assert response.status_code == 200 and response.json == {"ok": True, "bytes": 2 * len(png)}

@@ -121,6 +121,28 @@ def wrk(port: int, path: str, bodies_list: Path, seconds: int, connections: int)
     return figures
 
 
+def served_step_means(port: int) -> dict[str, dict[str, float]]:
+    """Mean decode and inference microseconds per request so far, per model, from the service's own /metrics:
+    what each step costs inside a loaded server, beside the in-process figures."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    totals: dict[tuple[str, str, str], float] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name in ("classifier_decode_duration_seconds", "classifier_inference_duration_seconds"):
+            step = family.name.split("_")[1]
+            for sample in family.samples:
+                if sample.name.endswith(("_sum", "_count")):
+                    key = (sample.labels["model"], step, sample.name.rsplit("_", 1)[1])
+                    totals[key] = totals.get(key, 0.0) + sample.value
+    means: dict[str, dict[str, float]] = {}
+    for (model, step, kind), value in totals.items():
+        if kind == "sum" and totals.get((model, step, "count")):
+            means.setdefault(model, {})[f"{step}_us"] = value / totals[(model, step, "count")] * 1e6
+    return means
+
+
 def write_bodies(folder: Path, name: str, images: list[bytes], content_type: str, per_request: int) -> Path:
     paths = []
     for i in range(0, len(images) - per_request + 1, per_request) if per_request > 1 else range(len(images)):
@@ -252,6 +274,7 @@ def main() -> int:
                           f"p50 {figures['p50_ms']:.2f} ms  p99 {figures['p99_ms']:.2f} ms  "
                           f"server CPU {figures['server_cpu_us_per_request']:.0f} us/request  "
                           f"errors {figures['errors']}", flush=True)
+        served_steps = served_step_means(servers["service"].port)  # single-image requests only, so far
         batch_runs = {name: wrk(servers["service"].port, f"/predict?model={name}", batches[name], args.seconds,
                                 args.connections) for name in images}
         memory = {target: server.rss_mb() for target, server in servers.items()}
@@ -287,6 +310,7 @@ def main() -> int:
             "batch32": {"requests_per_s": batch["rps"], "images_per_s": batch["rps"] * 32,
                         "per_image_cost_vs_single": batch_cost / single_cost, "errors": batch["errors"]},
         }
+    summary["served_us_per_request"] = served_steps
     summary["in_process_us_per_image"] = in_process_costs(images, args.models_dir)
 
     print("\nratios (service / bare), medians of the rounds:")
@@ -301,6 +325,10 @@ def main() -> int:
     for name, steps in summary["in_process_us_per_image"].items():
         print(f"  {name:>13} ({steps['runtime']}): " + "  ".join(
             f"{k.removesuffix('_us')} {v:.0f}" for k, v in steps.items() if k != "runtime"))
+    print("the same steps inside the loaded service, mean microseconds per single-image request "
+          "(from its own /metrics; decode includes normalize):")
+    for name, steps in served_steps.items():
+        print(f"  {name:>13}: " + "  ".join(f"{k.removesuffix('_us')} {v:.0f}" for k, v in sorted(steps.items())))
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(summary, indent=2, default=str))
     print(f"\nwritten to {args.output}")

@@ -26,3 +26,16 @@ def test_the_bare_app_reads_the_whole_upload(fashion):
         "/predict", data=multipart([png, png], content_type),
         headers={"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"})
     assert response.status_code == 200 and response.json == {"ok": True, "bytes": 2 * len(png)}
+
+
+def test_served_step_means_come_from_the_services_own_metrics(shipped_server, fashion):
+    import requests
+
+    from bench.run import served_step_means
+    from tests.conftest import png_bytes
+
+    for pixels in fashion.x_test[:3]:
+        requests.post(shipped_server.url + "/predict", files={"image": png_bytes(pixels)}, timeout=10)
+    means = served_step_means(shipped_server.port)
+    assert set(means["fashion_mnist"]) == {"decode_us", "inference_us"}
+    assert all(0 < value < 1e6 for value in means["fashion_mnist"].values())

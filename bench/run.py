@@ -168,7 +168,8 @@ def in_process_costs(images: dict, models_dir: Path, repeat: int = 300) -> dict:
     from service.settings import Settings
     from service.uploads import read_uploads
 
-    registry = ModelRegistry(models_dir, Settings.from_env().runtime)  # MODEL_RUNTIME, as the servers read it
+    settings = Settings.from_env()  # MODEL_RUNTIME and the limits, as the servers read them
+    registry = ModelRegistry(models_dir, settings.runtime)
     registry.refresh()
     costs = {}
     for name, (blobs, kind) in images.items():
@@ -189,16 +190,20 @@ def in_process_costs(images: dict, models_dir: Path, repeat: int = 300) -> dict:
                             "CONTENT_TYPE": f"multipart/form-data; boundary={BOUNDARY}",
                             "CONTENT_LENGTH": str(len(body))})
 
-        parse_us, uploads = timed(lambda b: read_uploads(request_for(b), 64, 1 << 24)[0], sample)
+        parse_us, uploads = timed(lambda b: read_uploads(request_for(b), settings.max_images_per_request,
+                                                          settings.max_upload_bytes)[0], sample)
         werkzeug_us, _ = timed(lambda b: request_for(b).files["image"].read(), sample)
         request_us, _ = timed(request_for, sample)
 
-        def decode(data: bytes):
-            pixels = decode_plain(data, spec.pillow_mode, 40_000_000)
-            return pixels if pixels is not None else np.asarray(oriented_in_mode(decode_image(data, 40_000_000), spec))
+        def through_pillow(data: bytes) -> np.ndarray:
+            return np.asarray(oriented_in_mode(decode_image(data, settings.max_image_pixels), spec))
+
+        def decode(data: bytes) -> np.ndarray:
+            pixels = decode_plain(data, spec.pillow_mode, settings.max_image_pixels)
+            return pixels if pixels is not None else through_pillow(data)
 
         decode_us, decoded = timed(decode, uploads)
-        pillow_us, _ = timed(lambda data: np.asarray(oriented_in_mode(decode_image(data, 40_000_000), spec)), uploads)
+        pillow_us, _ = timed(through_pillow, uploads)
         normalize_us, arrays = timed(lambda pixels: normalize_pixels(pixels, spec), decoded)
         infer_us, outputs = timed(lambda a: model.runtime.predict(a[None]), arrays)
         json_us, _ = timed(lambda p: orjson.dumps(prediction_body(model, p, 5)), outputs)

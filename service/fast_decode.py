@@ -6,7 +6,7 @@ times faster (``make bench`` prints both).
 This path only takes files whose pixels Pillow would give unchanged after the color-mode conversion:
 8-bit PNGs and JPEGs already in the model's mode, with no transparency and no metadata that could rotate
 them. Everything else, and anything these decoders reject, returns ``None`` and goes the general Pillow
-way, which also words every error. Both ways give identical pixels (tests/service/test_images.py).
+way, which also words every error. Both ways give identical pixels (tests/service/test_fast_decode.py).
 """
 
 from __future__ import annotations
@@ -16,14 +16,8 @@ import struct
 
 import numpy as np
 
-try:  # optional accelerators: without them every upload takes the Pillow path
-    import pyspng
-except ImportError:  # pragma: no cover - exercised only where the wheel is missing
-    pyspng = None
-try:
-    import simplejpeg
-except ImportError:  # pragma: no cover
-    simplejpeg = None
+import pyspng
+import simplejpeg
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 JPEG_START = b"\xff\xd8\xff"
@@ -50,7 +44,7 @@ def decode_plain(data: bytes, mode: str, max_pixels: int) -> np.ndarray | None:
 
 
 def _decode_png(data: bytes, mode: str, max_pixels: int) -> np.ndarray | None:
-    if pyspng is None or data[12:16] != b"IHDR":
+    if data[12:16] != b"IHDR":
         return None
     width, height, bit_depth, color_type = struct.unpack(">IIBB", data[16:26])
     if (width * height > max_pixels or bit_depth != 8 or color_type != PNG_COLOR_TYPES.get(mode)
@@ -61,7 +55,7 @@ def _decode_png(data: bytes, mode: str, max_pixels: int) -> np.ndarray | None:
 
 
 def _decode_jpeg(data: bytes, mode: str, max_pixels: int) -> np.ndarray | None:
-    if simplejpeg is None or JPEG_APP1 in data:
+    if JPEG_APP1 in data:
         return None
     height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)
     if width * height > max_pixels or colorspace != JPEG_COLORSPACES.get(mode):

@@ -1,9 +1,13 @@
 """Load benchmark: the service against a bare Flask endpoint, same gunicorn settings, real images, wrk.
 
-    python bench/run.py [--rounds 3] [--seconds 10] [--connections 8] [--workers 2]
+    python bench/run.py [--rounds 6] [--seconds 5] [--connections 8] [--workers 2]
 
 Prints req/s, p50/p99 latency and errors per target, the RSS of each server's process tree, time to ready,
 the service/bare ratios, batch amortization, and the in-process cost per image of each step.
+A third target, the service with inference replaced by a fixed answer (``bench/fixed_answer_app.py``), splits
+the gap between the service and the bare app into the model's share and the rest of the request path.
+Ratios are taken within each round, the targets loaded back to back in alternating order, and their median
+is reported with their range: the machine's speed drifts over minutes, far more than between neighbors.
 Everything listens on 127.0.0.1 only; every load run is bounded by --seconds.
 """
 
@@ -232,6 +236,16 @@ def in_process_costs(images: dict, models_dir: Path, repeat: int = 300) -> dict:
     return costs
 
 
+def paired_ratio(runs: dict, model: str, target: str, figure: str) -> dict[str, float]:
+    """``target``'s figure over the bare app's, per round (the two ran back to back): median, min and max."""
+    ratios = [a[figure] / b[figure] for a, b in zip(runs[(target, model)], runs[("bare", model)])]
+    return {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)}
+
+
+def format_ratio(ratio: dict[str, float]) -> str:
+    return f"{ratio['median']:.2f}x ({ratio['min']:.2f}-{ratio['max']:.2f})"
+
+
 def cpu_model() -> str:
     for line in Path("/proc/cpuinfo").read_text().splitlines():
         if line.startswith("model name"):
@@ -241,8 +255,8 @@ def cpu_model() -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--models-dir", type=Path, default=ROOT / "models")
@@ -259,14 +273,15 @@ def main() -> int:
     batches = {name: write_bodies(workdir, name, blobs, kind, 32) for name, (blobs, kind) in images.items()}
 
     servers = {"service": Server(None, args.workers, args.models_dir),
-               "bare": Server("bench.bare_app:create_app()", args.workers, args.models_dir)}
+               "bare": Server("bench.bare_app:create_app()", args.workers, args.models_dir),
+               "fixed": Server("bench.fixed_answer_app:create_app()", args.workers, args.models_dir)}
     runs: dict[tuple[str, str], list[dict]] = {}
     try:
         for name in images:  # warm-up, not recorded
             for server in servers.values():
                 wrk(server.port, f"/predict?model={name}", singles[name], 2, args.connections)
         for round_number in range(args.rounds):
-            order = ["service", "bare"] if round_number % 2 == 0 else ["bare", "service"]
+            order = ["service", "bare", "fixed"] if round_number % 2 == 0 else ["fixed", "bare", "service"]
             for name in images:
                 for target in order:
                     cpu_before = servers[target].cpu_seconds()
@@ -295,7 +310,7 @@ def main() -> int:
     print(f"\n{'model':>13} {'target':>8} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'CPU us/req':>10} {'errors':>6}")
     for name in images:
         rows = {}
-        for target in ("service", "bare"):
+        for target in ("service", "bare", "fixed"):
             series = runs[(target, name)]
             rows[target] = {"rps": statistics.median(r["rps"] for r in series),
                             "p50_ms": statistics.median(r["p50_ms"] for r in series),
@@ -310,18 +325,21 @@ def main() -> int:
         single_cost = 1 / rows["service"]["rps"]
         batch_cost = 1 / (batch["rps"] * 32)
         summary["models"][name] = rows | {
-            "throughput_ratio": rows["service"]["rps"] / rows["bare"]["rps"],
-            "p99_ratio": rows["service"]["p99_ms"] / rows["bare"]["p99_ms"],
+            "throughput_ratio": paired_ratio(runs, name, "service", "rps"),
+            "throughput_ratio_fixed_answer": paired_ratio(runs, name, "fixed", "rps"),
+            "p99_ratio": paired_ratio(runs, name, "service", "p99_ms"),
             "batch32": {"requests_per_s": batch["rps"], "images_per_s": batch["rps"] * 32,
                         "per_image_cost_vs_single": batch_cost / single_cost, "errors": batch["errors"]},
         }
     summary["served_us_per_request"] = served_steps
     summary["in_process_us_per_image"] = in_process_costs(images, args.models_dir)
 
-    print("\nratios (service / bare), medians of the rounds:")
+    print("\nratios to the bare app within each round: median (range over the rounds)")
     for name, figures in summary["models"].items():
-        print(f"  {name:>13}: throughput {figures['throughput_ratio']:.2f}x  p99 {figures['p99_ratio']:.2f}x  "
-              f"batch of 32: {figures['batch32']['images_per_s']:.0f} images/s, per-image cost "
+        print(f"  {name:>13}: service throughput {format_ratio(figures['throughput_ratio'])}  "
+              f"p99 {format_ratio(figures['p99_ratio'])}  fixed-answer throughput "
+              f"{format_ratio(figures['throughput_ratio_fixed_answer'])}\n{'':>17}batch of 32: "
+              f"{figures['batch32']['images_per_s']:.0f} images/s, per-image cost "
               f"{figures['batch32']['per_image_cost_vs_single']:.3f}x a single-image request")
     print(f"RSS, master + {args.workers} workers: service {memory['service']:.0f} MB, bare {memory['bare']:.0f} MB")
     print(f"start to ready: service {ready['service']:.2f} s, bare {ready['bare']:.2f} s")

@@ -1,5 +1,7 @@
 """The benchmark's own parts run against the shipped models (figures are printed by bench/run.py, never asserted)."""
 
+import io
+
 import numpy as np
 
 from bench.bare_app import create_app as create_bare_app
@@ -39,3 +41,19 @@ def test_served_step_means_come_from_the_services_own_metrics(shipped_server, fa
     means = served_step_means(shipped_server.port)
     assert set(means["fashion_mnist"]) == {"decode_us", "inference_us"}
     assert all(0 < value < 1e6 for value in means["fashion_mnist"].values())
+
+
+def test_the_fixed_answer_app_is_the_service_without_its_models_work(fashion):
+    from bench.fixed_answer_app import create_app as create_fixed_app
+    from tests.conftest import png_bytes
+
+    client = create_fixed_app().test_client()
+    bodies = [client.post("/predict?model=fashion_mnist", data={"image": (io.BytesIO(png_bytes(pixels)), "x.png")},
+                          content_type="multipart/form-data").json for pixels in fashion.x_test[:3]]
+    assert [body["model"] for body in bodies] == ["fashion_mnist"] * 3
+    probabilities = [body["predictions"][0]["probabilities"] for body in bodies]
+    assert probabilities[0] == probabilities[1] == probabilities[2]
+    assert len(probabilities[0]) == 10 and abs(sum(probabilities[0]) - 1) < 1e-5
+    bad = client.post("/predict?model=fashion_mnist", data={"image": (io.BytesIO(b"not an image"), "x.png")},
+                      content_type="multipart/form-data")
+    assert bad.status_code == 400 and bad.json["error"]["code"] == "invalid_image"

@@ -281,7 +281,7 @@ def main() -> int:
             for server in servers.values():
                 wrk(server.port, f"/predict?model={name}", singles[name], 2, args.connections)
         for round_number in range(args.rounds):
-            order = ["service", "bare", "fixed"] if round_number % 2 == 0 else ["fixed", "bare", "service"]
+            order = list(servers) if round_number % 2 == 0 else list(reversed(servers))
             for name in images:
                 for target in order:
                     cpu_before = servers[target].cpu_seconds()
@@ -310,7 +310,7 @@ def main() -> int:
     print(f"\n{'model':>13} {'target':>8} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'CPU us/req':>10} {'errors':>6}")
     for name in images:
         rows = {}
-        for target in ("service", "bare", "fixed"):
+        for target in servers:
             series = runs[(target, name)]
             rows[target] = {"rps": statistics.median(r["rps"] for r in series),
                             "p50_ms": statistics.median(r["p50_ms"] for r in series),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 
 import orjson
@@ -24,6 +25,8 @@ def create_app(settings: Settings | None = None, watch: bool = True) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes
     app.json = OrjsonProvider(app)
     app.extensions["settings"] = settings
+    # Set by the worker on SIGTERM (service/worker.py): /readyz answers 503 while requests are still served.
+    app.extensions["draining"] = threading.Event()
 
     registry = ModelRegistry(settings.models_dir, settings.runtime)
     app.extensions["model_registry"] = registry

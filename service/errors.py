@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from flask import Flask, jsonify
-from werkzeug.exceptions import HTTPException
+
+from service import metrics
+from werkzeug.exceptions import ClientDisconnected, HTTPException
 
 
 class ClientError(Exception):
@@ -50,6 +52,11 @@ class ImageTooLarge(ClientError):
     code = "image_too_large"
 
 
+class RequestTimeout(ClientError):
+    status = 408
+    code = "request_timeout"
+
+
 class NotReady(ClientError):
     status = 503
     code = "not_ready"
@@ -69,6 +76,21 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(ClientError)
     def client_error(error: ClientError):
         return jsonify(error_body(error.code, error.message)), error.status
+
+    @app.errorhandler(TimeoutError)
+    def body_timeout(error: TimeoutError):
+        # Raised by the socket when the client pauses longer than BODY_TIMEOUT_SECONDS (service/worker.py).
+        metrics.series(metrics.CLIENT_TIMEOUTS, "body").inc()
+        seconds = app.extensions["settings"].body_timeout_seconds
+        return client_error(RequestTimeout(f"the request body stopped arriving for {seconds:g} s "
+                                           "(BODY_TIMEOUT_SECONDS)"))
+
+    @app.errorhandler(ClientDisconnected)
+    def body_cut_off(error: ClientDisconnected):
+        # Werkzeug turns a failed body read into this 400; a read that timed out is the client's slowness.
+        if isinstance(error.__context__, TimeoutError):
+            return body_timeout(error.__context__)
+        return http_error(error)
 
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException):

@@ -1,5 +1,6 @@
-"""gunicorn settings: bind address, workers and metrics set-up, all from the environment."""
+"""gunicorn settings, all from ``Settings`` (the environment): bind address, workers, the front door's timeouts."""
 
+import math
 import os
 import shutil
 import tempfile
@@ -17,10 +18,13 @@ os.makedirs(_metrics_dir, exist_ok=True)
 
 wsgi_app = "service.app:create_app()"
 bind = f"{settings.host}:{settings.port}"
-workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
-worker_class = "sync"
-timeout = 30
-graceful_timeout = 20  # on SIGTERM, in-flight requests get this long to finish
+workers = settings.workers
+worker_class = settings.gunicorn_worker_class
+worker_connections = settings.worker_connections
+keepalive = math.ceil(settings.keepalive_seconds)  # the sync worker has no keep-alive; the gevent worker applies it itself
+timeout = math.ceil(settings.worker_timeout_seconds)
+# The master's limit after SIGTERM covers the workers' drain and then their requests in flight.
+graceful_timeout = math.ceil(settings.drain_seconds + settings.graceful_timeout_seconds)
 max_requests = 0
 accesslog = "-" if settings.access_log else None
 errorlog = "-"
@@ -28,8 +32,20 @@ loglevel = os.environ.get("LOG_LEVEL", "info")
 # Inference runs one thread per worker; keep BLAS and ONNX Runtime from spawning more.
 raw_env = ["OMP_NUM_THREADS=1", "OPENBLAS_NUM_THREADS=1"]
 
+if settings.worker_class == "gevent":
+    from service.worker import ConnectionCounts
+
+    # Open connections per worker, shared with the workers (they are forked from this process).
+    _connection_counts = ConnectionCounts(slots=max(64, 2 * settings.workers))
+
+    def pre_fork(server, worker):
+        worker.connection_counts = _connection_counts
+        worker.slot = _connection_counts.claim_slot({w.slot for w in server.WORKERS.values()})
+
 
 def child_exit(server, worker):
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)
+    if getattr(worker, "slot", None) is not None:
+        worker.connection_counts.free_slot(worker.slot)

@@ -39,6 +39,10 @@ MODEL_INFO = Gauge(f"{PREFIX}_model_info", "1 for the version each model serves"
 MODEL_RELOADS = Counter(f"{PREFIX}_model_reloads_total", "Model version loads by result (loaded or refused)",
                         ["model", "result"])
 
+CLIENT_TIMEOUTS = Counter(f"{PREFIX}_client_timeouts_total",
+                          "Requests cut off with a 408 because the client was too slow, by phase (header, body)",
+                          ["phase"])
+
 
 @functools.lru_cache(maxsize=4096)
 def series(metric, *label_values: str):

@@ -132,11 +132,13 @@ def healthz():
 @api.get("/readyz")
 def readyz():
     registry = _registry()
+    draining = current_app.extensions["draining"].is_set()
+    ready = registry.ready and not draining
     models = {name: model.version for name, model in registry.snapshot().items()}
-    body = {"status": "ready" if registry.ready else "not_ready", "models": models}
+    body = {"status": "ready" if ready else "draining" if draining else "not_ready", "models": models}
     if registry.errors:
         body["refused"] = registry.errors
-    return jsonify(body), 200 if registry.ready else 503
+    return jsonify(body), 200 if ready else 503
 
 
 @api.get("/metrics")

@@ -25,6 +25,19 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8000
     access_log: bool = False
+    # The HTTP front door (gunicorn, see service/worker.py and docs/operations.md).
+    workers: int = 2
+    # "gevent": one greenlet per connection, keep-alive, per-phase timeouts, drain (service.worker); or "sync",
+    # gunicorn's one-request-at-a-time worker without keep-alive, where a slow client holds a whole worker.
+    worker_class: str = "gevent"
+    worker_connections: int = 1000  # open connections per worker, idle keep-alive ones included
+    header_timeout_seconds: float = 10.0  # from a request's first byte to the end of its headers, in all
+    body_timeout_seconds: float = 30.0  # the longest pause while reading a body or writing a response
+    keepalive_seconds: float = 65.0  # an idle kept-alive connection is closed after this; above the usual 60 s
+    #                                   of load balancers, so they close first and never reuse a closing one
+    drain_seconds: float = 5.0  # after SIGTERM: /readyz says 503 and everything is still served this long
+    graceful_timeout_seconds: float = 20.0  # then requests in flight get this long to finish
+    worker_timeout_seconds: float = 30.0  # a worker silent for this long is killed and replaced
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides) -> Settings:
@@ -43,14 +56,28 @@ class Settings:
     def validate(self) -> None:
         if self.runtime not in RUNTIME_CHOICES:
             raise ValueError(f"MODEL_RUNTIME must be one of {', '.join(RUNTIME_CHOICES)}, not {self.runtime!r}")
-        for name in ("max_upload_bytes", "max_image_pixels", "max_images_per_request", "default_top_k", "port"):
+        for name in ("max_upload_bytes", "max_image_pixels", "max_images_per_request", "default_top_k", "port",
+                     "workers", "worker_connections"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{ENVIRONMENT[name]} must be at least 1")
         if self.reload_interval_seconds <= 0:
             raise ValueError("MODEL_RELOAD_SECONDS must be positive")
+        if self.worker_class not in WORKER_CLASSES:
+            raise ValueError(f"WORKER_CLASS must be one of {', '.join(WORKER_CLASSES)}, not {self.worker_class!r}")
+        for name in ("header_timeout_seconds", "body_timeout_seconds", "keepalive_seconds",
+                     "graceful_timeout_seconds", "worker_timeout_seconds"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{ENVIRONMENT[name]} must be positive")
+        if self.drain_seconds < 0:
+            raise ValueError("DRAIN_SECONDS must not be negative")
+
+    @property
+    def gunicorn_worker_class(self) -> str:
+        return WORKER_CLASSES[self.worker_class]
 
 
 RUNTIME_CHOICES = ("auto", "onnx_int8", "onnx", "keras")
+WORKER_CLASSES = {"gevent": "service.worker.ServiceWorker", "sync": "sync"}
 
 ENVIRONMENT = {
     "models_dir": "MODELS_DIR",
@@ -64,6 +91,15 @@ ENVIRONMENT = {
     "host": "HOST",
     "port": "PORT",
     "access_log": "ACCESS_LOG",
+    "workers": "WEB_CONCURRENCY",
+    "worker_class": "WORKER_CLASS",
+    "worker_connections": "WORKER_CONNECTIONS",
+    "header_timeout_seconds": "HEADER_TIMEOUT_SECONDS",
+    "body_timeout_seconds": "BODY_TIMEOUT_SECONDS",
+    "keepalive_seconds": "KEEPALIVE_SECONDS",
+    "drain_seconds": "DRAIN_SECONDS",
+    "graceful_timeout_seconds": "GRACEFUL_TIMEOUT_SECONDS",
+    "worker_timeout_seconds": "WORKER_TIMEOUT_SECONDS",
 }
 
 

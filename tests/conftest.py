@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -78,21 +79,23 @@ class GunicornServer:
     def __init__(self, models_dir: Path, workers: int = 2, **env):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log = io.StringIO()
+        # No drain on SIGTERM unless a test asks for one: every test server stops at once.
         self.env = {**os.environ, "MODELS_DIR": str(models_dir), "PORT": str(self.port), "HOST": "127.0.0.1",
-                    "WEB_CONCURRENCY": str(workers), "MODEL_RELOAD_SECONDS": "0.5", **env}
+                    "WEB_CONCURRENCY": str(workers), "MODEL_RELOAD_SECONDS": "0.5", "DRAIN_SECONDS": "0", **env}
         self.env.pop("PROMETHEUS_MULTIPROC_DIR", None)
         self.process: subprocess.Popen | None = None
 
     def start(self, timeout: float = 60) -> GunicornServer:
+        # The log goes to a file: a pipe nobody reads while the server runs could fill up and block it.
+        self.log_file = tempfile.TemporaryFile("w+")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "service" / "gunicorn.conf.py")],
-            cwd=ROOT, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            cwd=ROOT, env=self.env, stdout=self.log_file, stderr=subprocess.STDOUT, text=True,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"gunicorn exited with {self.process.returncode}:\n{self.process.stdout.read()}")
+                raise RuntimeError(f"gunicorn exited with {self.process.returncode}:\n{self.output()}")
             try:
                 if requests.get(self.url + "/readyz", timeout=1).status_code == 200:
                     return self
@@ -110,7 +113,14 @@ class GunicornServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        return self.process.stdout.read() if self.process else ""
+        return self.output()
+
+    def output(self) -> str:
+        """Everything the server has logged so far."""
+        if not self.process:
+            return ""
+        self.log_file.seek(0)
+        return self.log_file.read()
 
 
 @pytest.fixture(scope="session")

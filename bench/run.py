@@ -1,14 +1,20 @@
-"""Load benchmark: the service against a bare Flask endpoint, same gunicorn settings, real images, wrk.
+"""Load benchmark: the service against a bare Flask app and the servers users would pick instead, on real images.
 
-    python bench/run.py [--rounds 6] [--seconds 5] [--connections 8] [--workers 2]
+    python bench/run.py [--rounds 6] [--seconds 5] [--peer-rounds 3] [--peer-seconds 8] [--no-peers]
 
-Prints req/s, p50/p99 latency and errors per target, the RSS of each server's process tree, time to ready,
-the service/bare ratios, batch amortization, and the in-process cost per image of each step.
-A third target, the service with inference replaced by a fixed answer (``bench/fixed_answer_app.py``), splits
-the gap between the service and the bare app into the model's share and the rest of the request path.
-Ratios are taken within each round, the targets loaded back to back in alternating order, and their median
-is reported with their range: the machine's speed drifts over minutes, far more than between neighbors.
-Everything listens on 127.0.0.1 only; every load run is bounded by --seconds.
+Part 1, the request path: the service, a bare Flask app that only reads the upload (``bench/bare_app.py``) and
+the service with inference replaced by a fixed answer (``bench/fixed_answer_app.py``), all under the same
+gunicorn settings, on Fashion-MNIST PNGs and CIFAR-10 JPEGs. Part 2, the peers (``bench/peers.py``): Triton,
+MLServer, LitServe and BentoML, each in its own virtual environment, serving the same int8 ONNX model with two
+workers, in their own upload formats, loaded beside the service and the bare app on Fashion-MNIST PNGs, after
+a check that each gives the service's top-1 label on 200 real images.
+
+Each target is loaded with wrk (one thread, keep-alive connections, ``bench/requests.lua``) in rounds, the
+targets back to back in alternating order; ratios are taken within each round and reported as their median and
+range, since the machine's speed drifts over minutes far more than between neighbors. It prints req/s,
+p50/p99, server CPU per request and errors per target, the RSS of each server's whole process tree, time to
+ready, batch amortization, and the in-process cost per image of each step; everything goes to
+``bench/results/latest.json``. Everything listens on 127.0.0.1 only; every load run is bounded by its seconds.
 """
 
 from __future__ import annotations
@@ -31,7 +37,9 @@ import orjson
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-BOUNDARY = "benchboundary7e3c1f"
+sys.path.insert(0, str(ROOT / "bench"))
+
+from peers import MULTIPART_TYPE, PEERS, PeerServer, Request, multipart  # noqa: E402
 
 
 def free_port() -> int:
@@ -40,14 +48,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def multipart(images: list[bytes], content_type: str) -> bytes:
-    parts = [(f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"{i}\"\r\n"
-              f"Content-Type: {content_type}\r\n\r\n").encode() + data + b"\r\n" for i, data in enumerate(images)]
-    return b"".join(parts) + f"--{BOUNDARY}--\r\n".encode()
-
-
-def load_images(datasets_dir: Path, count: int) -> dict[str, tuple[list[bytes], str]]:
-    """Fashion-MNIST test images encoded as PNG, CIFAR-10 test images as the JPEG files they are."""
+def load_images(datasets_dir: Path, count: int) -> dict[str, tuple[list[bytes], str, list[int]]]:
+    """Fashion-MNIST test images encoded as PNG, CIFAR-10 test images as the JPEG files they are; with labels."""
     import io
 
     from PIL import Image
@@ -62,14 +64,57 @@ def load_images(datasets_dir: Path, count: int) -> dict[str, tuple[list[bytes], 
         pngs.append(buffer.getvalue())
     cifar = unpack_archive(datasets_dir / "cifar10-jpeg.tar.gz")
     jpegs = [p.read_bytes() for p in sorted((cifar / "test").glob("*/*.jpg"))[::10][:count]]
-    return {"fashion_mnist": (pngs, "image/png"), "cifar10": (jpegs, "image/jpeg")}
+    return {"fashion_mnist": (pngs, "image/png", fashion.y_test[:count].tolist()),
+            "cifar10": (jpegs, "image/jpeg", [])}
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and all its descendants (peers run helper processes of their own)."""
+    parents: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    tree, frontier = [pid], [pid]
+    while frontier:
+        frontier = [child for parent in frontier for child in parents.get(parent, [])]
+        tree += frontier
+    return tree
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time used so far by a process tree."""
+    total = 0
+    for member in process_tree(pid):
+        try:
+            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process tree."""
+    total = 0
+    for member in process_tree(pid):
+        try:
+            status = Path(f"/proc/{member}/status").read_text()
+        except OSError:
+            continue
+        total += next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")), 0)
+    return total / 1024
 
 
 class Server:
+    """The service (or a diagnostic app) under the service's own gunicorn settings."""
+
     def __init__(self, app: str | None, workers: int, models_dir: Path):
         self.port = free_port()
         env = {**os.environ, "PORT": str(self.port), "HOST": "127.0.0.1", "WEB_CONCURRENCY": str(workers),
-               "MODELS_DIR": str(models_dir)}
+               "MODELS_DIR": str(models_dir), "DRAIN_SECONDS": "0"}
         env.pop("PROMETHEUS_MULTIPROC_DIR", None)
         command = [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "service" / "gunicorn.conf.py")]
         started = time.monotonic()
@@ -87,42 +132,53 @@ class Server:
                 time.sleep(0.02)
         raise RuntimeError("server did not become ready within 60 s")
 
-    def pids(self) -> list[int]:
-        return [self.process.pid] + [int(p) for p in subprocess.run(
-            ["pgrep", "-P", str(self.process.pid)], capture_output=True, text=True).stdout.split()]
-
-    def cpu_seconds(self) -> float:
-        """User + system CPU time used so far by the master and all its workers."""
-        total = 0
-        for pid in self.pids():
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])  # utime, stime
-        return total / os.sysconf("SC_CLK_TCK")
-
-    def rss_mb(self) -> float:
-        """Resident memory of the master and all its workers."""
-        total = 0
-        for pid in self.pids():
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-        return total / 1024
-
     def stop(self) -> None:
         self.process.send_signal(signal.SIGTERM)
         self.process.wait(timeout=30)
 
 
-def wrk(port: int, path: str, bodies_list: Path, seconds: int, connections: int) -> dict:
-    env = {**os.environ, "BENCH_BODIES": str(bodies_list), "BENCH_PATH": path, "BENCH_BOUNDARY": BOUNDARY}
+def write_requests(folder: Path, name: str, requests: list[Request]) -> Path:
+    """Body files and the listing ``bench/requests.lua`` reads: one request a line, body path then headers."""
+    lines = []
+    for i, request in enumerate(requests):
+        path = folder / f"{name}-{i}.body"
+        path.write_bytes(request.body)
+        lines.append("\t".join([str(path)] + [f"{k}: {v}" for k, v in request.headers.items()]))
+    listing = folder / f"{name}.list"
+    listing.write_text("\n".join(lines) + "\n")
+    return listing
+
+
+def service_requests(images: list[bytes], content_type: str, per_request: int) -> list[Request]:
+    groups = [images[i:i + per_request] for i in range(0, len(images) - per_request + 1, per_request)]
+    return [Request("/predict", {"Content-Type": MULTIPART_TYPE}, multipart(group, content_type)) for group in groups]
+
+
+def wrk(port: int, path: str, listing: Path, seconds: float, connections: int) -> dict:
+    env = {**os.environ, "BENCH_REQUESTS": str(listing), "BENCH_PATH": path}
     result = subprocess.run(
-        ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--timeout", "5s",
-         "-s", str(ROOT / "bench" / "predict.lua"),
-         f"http://127.0.0.1:{port}"], capture_output=True, text=True, env=env, timeout=seconds + 60)
+        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "5s",
+         "-s", str(ROOT / "bench" / "requests.lua"), f"http://127.0.0.1:{port}"],
+        capture_output=True, text=True, env=env, timeout=seconds + 60)
     line = next(line for line in result.stdout.splitlines() if line.startswith("RESULT "))
     figures = json.loads(line.removeprefix("RESULT "))
     figures["rps"] = figures["requests"] / figures["seconds"]
     return figures
+
+
+def load_round(targets: dict, order: list[str], path_of, listing_of, seconds: float, connections: int,
+               runs: dict, label: str, round_number: int) -> None:
+    """Load each target in ``order`` for ``seconds``, back to back, and record its figures in ``runs``."""
+    for target in order:
+        pid = targets[target].process.pid
+        cpu_before = cpu_seconds(pid)
+        figures = wrk(targets[target].port, path_of(target), listing_of(target), seconds, connections)
+        figures["server_cpu_us_per_request"] = (cpu_seconds(pid) - cpu_before) / max(figures["requests"], 1) * 1e6
+        runs.setdefault((target, label), []).append(figures)
+        print(f"round {round_number + 1} {target:>9} {label:>13}: {figures['rps']:8.0f} req/s  "
+              f"p50 {figures['p50_ms']:.2f} ms  p99 {figures['p99_ms']:.2f} ms  "
+              f"server CPU {figures['server_cpu_us_per_request']:.0f} us/request  "
+              f"errors {figures['errors']}", flush=True)
 
 
 def served_step_means(port: int) -> dict[str, dict[str, float]]:
@@ -147,17 +203,6 @@ def served_step_means(port: int) -> dict[str, dict[str, float]]:
     return means
 
 
-def write_bodies(folder: Path, name: str, images: list[bytes], content_type: str, per_request: int) -> Path:
-    paths = []
-    for i in range(0, len(images) - per_request + 1, per_request) if per_request > 1 else range(len(images)):
-        path = folder / f"{name}-{per_request}-{i}.body"
-        path.write_bytes(multipart(images[i:i + per_request], content_type))
-        paths.append(str(path))
-    listing = folder / f"{name}-{per_request}.list"
-    listing.write_text("\n".join(paths) + "\n")
-    return listing
-
-
 def in_process_costs(images: dict, models_dir: Path, repeat: int = 300) -> dict:
     """Microseconds per image for each step of a single-image /predict, measured inside one process."""
     import io
@@ -176,7 +221,7 @@ def in_process_costs(images: dict, models_dir: Path, repeat: int = 300) -> dict:
     registry = ModelRegistry(models_dir, settings.runtime)
     registry.refresh()
     costs = {}
-    for name, (blobs, kind) in images.items():
+    for name, (blobs, kind, _) in images.items():
         model = registry.get(name)
         spec = model.input_spec
         sample = blobs[:repeat]
@@ -191,7 +236,7 @@ def in_process_costs(images: dict, models_dir: Path, repeat: int = 300) -> dict:
         def request_for(data: bytes) -> Request:
             body = multipart([data], kind)
             return Request({"REQUEST_METHOD": "POST", "wsgi.input": io.BytesIO(body),
-                            "CONTENT_TYPE": f"multipart/form-data; boundary={BOUNDARY}",
+                            "CONTENT_TYPE": MULTIPART_TYPE,
                             "CONTENT_LENGTH": str(len(body))})
 
         parse_us, uploads = timed(lambda b: read_uploads(request_for(b), settings.max_images_per_request,
@@ -236,14 +281,31 @@ def in_process_costs(images: dict, models_dir: Path, repeat: int = 300) -> dict:
     return costs
 
 
-def paired_ratio(runs: dict, model: str, target: str, figure: str) -> dict[str, float]:
-    """``target``'s figure over the bare app's, per round (the two ran back to back): median, min and max."""
-    ratios = [a[figure] / b[figure] for a, b in zip(runs[(target, model)], runs[("bare", model)])]
+def paired_ratio(runs: dict, label: str, target: str, figure: str, baseline: str = "bare") -> dict[str, float]:
+    """``target``'s figure over ``baseline``'s, per round (the two ran back to back): median, min and max."""
+    ratios = [a[figure] / b[figure] for a, b in zip(runs[(target, label)], runs[(baseline, label)])]
     return {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)}
 
 
 def format_ratio(ratio: dict[str, float]) -> str:
     return f"{ratio['median']:.2f}x ({ratio['min']:.2f}-{ratio['max']:.2f})"
+
+
+def medians(series: list[dict]) -> dict:
+    return {"rps": statistics.median(r["rps"] for r in series),
+            "p50_ms": statistics.median(r["p50_ms"] for r in series),
+            "p99_ms": statistics.median(r["p99_ms"] for r in series),
+            "server_cpu_us_per_request": statistics.median(r["server_cpu_us_per_request"] for r in series),
+            "errors": sum(r["errors"] for r in series)}
+
+
+def print_table(title: str, rows: dict[str, dict], extra: dict[str, dict] | None = None) -> None:
+    print(f"\n{title}\n{'target':>18} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'CPU us/req':>10} {'errors':>6}"
+          + ("  RSS MB" if extra else ""))
+    for target, row in rows.items():
+        print(f"{target:>18} {row['rps']:8.0f} {row['p50_ms']:7.2f} {row['p99_ms']:7.2f} "
+              f"{row['server_cpu_us_per_request']:10.0f} {row['errors']:6d}"
+              + (f"  {extra[target]['rss_mb']:6.0f}" if extra else ""))
 
 
 def cpu_model() -> str:
@@ -253,25 +315,21 @@ def cpu_model() -> str:
     return "unknown"
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=6)
-    parser.add_argument("--seconds", type=int, default=5)
-    parser.add_argument("--connections", type=int, default=8)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--models-dir", type=Path, default=ROOT / "models")
-    parser.add_argument("--datasets-dir", type=Path,
-                        default=Path(os.environ.get("DATASETS_DIR", ROOT.parent / "shared" / "datasets")))
-    parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results" / "latest.json")
-    args = parser.parse_args()
-    # The in-process step costs use the metric store the servers use: one file per process, shared by workers.
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="bench-metrics-")
+def served_model_file(models_dir: Path, name: str) -> Path:
+    from service.settings import Settings
 
-    images = load_images(args.datasets_dir, 64)
-    workdir = Path(tempfile.mkdtemp(prefix="bench-"))
-    singles = {name: write_bodies(workdir, name, blobs, kind, 1) for name, (blobs, kind) in images.items()}
-    batches = {name: write_bodies(workdir, name, blobs, kind, 32) for name, (blobs, kind) in images.items()}
+    version = (models_dir / name / "current").read_text().strip()
+    metadata = json.loads((models_dir / name / version / "metadata.json").read_text())
+    kind = "onnx_int8" if Settings.from_env().runtime in ("auto", "onnx_int8") else "onnx"
+    return models_dir / name / version / metadata["runtimes"][kind]["file"]
 
+
+def request_path_part(args, images, workdir: Path) -> tuple[dict, dict]:
+    """Part 1: the service, the bare app and the fixed-answer app on both models; figures and summary."""
+    singles = {name: write_requests(workdir, f"{name}-1", service_requests(blobs, kind, 1))
+               for name, (blobs, kind, _) in images.items()}
+    batches = {name: write_requests(workdir, f"{name}-32", service_requests(blobs, kind, 32))
+               for name, (blobs, kind, _) in images.items()}
     servers = {"service": Server(None, args.workers, args.models_dir),
                "bare": Server("bench.bare_app:create_app()", args.workers, args.models_dir),
                "fixed": Server("bench.fixed_answer_app:create_app()", args.workers, args.models_dir)}
@@ -283,57 +341,30 @@ def main() -> int:
         for round_number in range(args.rounds):
             order = list(servers) if round_number % 2 == 0 else list(reversed(servers))
             for name in images:
-                for target in order:
-                    cpu_before = servers[target].cpu_seconds()
-                    figures = wrk(servers[target].port, f"/predict?model={name}", singles[name], args.seconds,
-                                  args.connections)
-                    figures["server_cpu_us_per_request"] = ((servers[target].cpu_seconds() - cpu_before)
-                                                            / max(figures["requests"], 1) * 1e6)
-                    runs.setdefault((target, name), []).append(figures)
-                    print(f"round {round_number + 1} {target:>7} {name:>13}: {figures['rps']:8.0f} req/s  "
-                          f"p50 {figures['p50_ms']:.2f} ms  p99 {figures['p99_ms']:.2f} ms  "
-                          f"server CPU {figures['server_cpu_us_per_request']:.0f} us/request  "
-                          f"errors {figures['errors']}", flush=True)
+                load_round(servers, order, lambda _: f"/predict?model={name}", lambda _: singles[name],
+                           args.seconds, args.connections, runs, name, round_number)
         served_steps = served_step_means(servers["service"].port)  # single-image requests only, so far
         batch_runs = {name: wrk(servers["service"].port, f"/predict?model={name}", batches[name], args.seconds,
                                 args.connections) for name in images}
-        memory = {target: server.rss_mb() for target, server in servers.items()}
+        memory = {target: rss_mb(server.process.pid) for target, server in servers.items()}
         ready = {target: server.ready_seconds for target, server in servers.items()}
     finally:
         for server in servers.values():
             server.stop()
 
-    summary = {"machine": {"cores": os.cpu_count(), "cpu": cpu_model()},
-               "settings": vars(args) | {"models_dir": str(args.models_dir),
-               "datasets_dir": str(args.datasets_dir), "output": str(args.output)},
-               "rss_mb": memory, "ready_seconds": ready, "models": {}}
-    print(f"\n{'model':>13} {'target':>8} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'CPU us/req':>10} {'errors':>6}")
+    summary = {"rss_mb": memory, "ready_seconds": ready, "models": {}, "served_us_per_request": served_steps}
     for name in images:
-        rows = {}
-        for target in servers:
-            series = runs[(target, name)]
-            rows[target] = {"rps": statistics.median(r["rps"] for r in series),
-                            "p50_ms": statistics.median(r["p50_ms"] for r in series),
-                            "p99_ms": statistics.median(r["p99_ms"] for r in series),
-                            "server_cpu_us_per_request": statistics.median(r["server_cpu_us_per_request"]
-                                                                           for r in series),
-                            "errors": sum(r["errors"] for r in series)}
-            row = rows[target]
-            print(f"{name:>13} {target:>8} {row['rps']:8.0f} {row['p50_ms']:7.2f} {row['p99_ms']:7.2f} "
-                  f"{row['server_cpu_us_per_request']:10.0f} {row['errors']:6d}")
+        rows = {target: medians(runs[(target, name)]) for target in servers}
+        print_table(f"{name}, medians of {args.rounds} rounds of {args.seconds} s", rows)
         batch = batch_runs[name]
-        single_cost = 1 / rows["service"]["rps"]
-        batch_cost = 1 / (batch["rps"] * 32)
         summary["models"][name] = rows | {
             "throughput_ratio": paired_ratio(runs, name, "service", "rps"),
             "throughput_ratio_fixed_answer": paired_ratio(runs, name, "fixed", "rps"),
             "p99_ratio": paired_ratio(runs, name, "service", "p99_ms"),
             "batch32": {"requests_per_s": batch["rps"], "images_per_s": batch["rps"] * 32,
-                        "per_image_cost_vs_single": batch_cost / single_cost, "errors": batch["errors"]},
+                        "per_image_cost_vs_single": rows["service"]["rps"] / (batch["rps"] * 32),
+                        "errors": batch["errors"]},
         }
-    summary["served_us_per_request"] = served_steps
-    summary["in_process_us_per_image"] = in_process_costs(images, args.models_dir)
-
     print("\nratios to the bare app within each round: median (range over the rounds)")
     for name, figures in summary["models"].items():
         print(f"  {name:>13}: service throughput {format_ratio(figures['throughput_ratio'])}  "
@@ -343,15 +374,116 @@ def main() -> int:
               f"{figures['batch32']['per_image_cost_vs_single']:.3f}x a single-image request")
     print(f"RSS, master + {args.workers} workers: service {memory['service']:.0f} MB, bare {memory['bare']:.0f} MB")
     print(f"start to ready: service {ready['service']:.2f} s, bare {ready['bare']:.2f} s")
-    print("in-process cost per image (microseconds); for comparison, parse_werkzeug is the bare app's "
-          "request.files, decode_pillow and json_stdlib what the direct decoders and orjson replace:")
-    for name, steps in summary["in_process_us_per_image"].items():
-        print(f"  {name:>13} ({steps['runtime']}): " + "  ".join(
-            f"{k.removesuffix('_us')} {v:.0f}" for k, v in steps.items() if k != "runtime"))
-    print("the same steps inside the loaded service, mean microseconds per single-image request "
-          "(from its own /metrics; decode includes normalize):")
-    for name, steps in served_steps.items():
-        print(f"  {name:>13}: " + "  ".join(f"{k.removesuffix('_us')} {v:.0f}" for k, v in sorted(steps.items())))
+    return summary
+
+
+def peers_part(args, images, workdir: Path) -> dict:
+    """Part 2: the peers beside the service and the bare app, on Fashion-MNIST PNGs; labels checked first."""
+    name = "fashion_mnist"
+    blobs, kind, _ = images[name]
+    check_images = images["check"]
+    for peer in PEERS:
+        peer.ensure_venv()
+    model_file = served_model_file(args.models_dir, name)
+    targets: dict[str, object] = {"service": Server(None, args.workers, args.models_dir),
+                                  "bare": Server("bench.bare_app:create_app()", args.workers, args.models_dir)}
+    listings = {"service": write_requests(workdir, "peer-service", service_requests(blobs, kind, 1)),
+                "bare": write_requests(workdir, "peer-bare", service_requests(blobs, kind, 1))}
+    paths = {"service": f"/predict?model={name}", "bare": "/predict"}
+    agreement = {}
+    try:
+        expected = [max(range(10), key=r["probabilities"].__getitem__) for r in _service_predictions(
+            targets["service"].port, check_images)]
+        for peer in PEERS:
+            server = PeerServer(peer, free_port(), model_file, "L", workdir / peer.key)
+            targets[peer.key] = server
+            got = [peer.top1(*server.post(peer.request(image, kind))) for image in check_images]
+            agreement[peer.key] = sum(a == b for a, b in zip(got, expected)) / len(expected)
+            print(f"{peer.name}: ready in {server.ready_seconds:.1f} s, same top-1 label as the service on "
+                  f"{agreement[peer.key]:.1%} of {len(expected)} images", flush=True)
+            if agreement[peer.key] < 1:
+                raise RuntimeError(f"{peer.name} disagrees with the service; its figures would not compare")
+            requests = [peer.request(image, kind) for image in blobs]
+            listings[peer.key] = write_requests(workdir, f"peer-{peer.key}", requests)
+            paths[peer.key] = requests[0].path
+        for target in targets:  # warm-up, not recorded
+            wrk(targets[target].port, paths[target], listings[target], 2, args.connections)
+        runs: dict[tuple[str, str], list[dict]] = {}
+        for round_number in range(args.peer_rounds):
+            order = list(targets) if round_number % 2 == 0 else list(reversed(targets))
+            load_round(targets, order, paths.__getitem__, listings.__getitem__, args.peer_seconds,
+                       args.connections, runs, name, round_number)
+        memory = {target: rss_mb(server.process.pid) for target, server in targets.items()}
+    finally:
+        for server in targets.values():
+            server.stop()
+
+    rows = {target: medians(runs[(target, name)]) | {"rss_mb": memory[target]} for target in targets}
+    for target, row in rows.items():
+        row["vs_service"] = paired_ratio(runs, name, target, "rps", baseline="service")
+    print_table(f"peers, {name} PNGs, medians of {args.peer_rounds} rounds of {args.peer_seconds} s", rows, rows)
+    best_peer = max((peer.key for peer in PEERS), key=lambda key: rows[key]["rps"])
+    summary = {"rows": rows, "label_agreement": agreement, "best_peer": best_peer,
+               "service_vs_best_peer": paired_ratio(runs, name, "service", "rps", baseline=best_peer),
+               "service_vs_bare": paired_ratio(runs, name, "service", "rps"),
+               "p99_service_vs_bare": paired_ratio(runs, name, "service", "p99_ms")}
+    print(f"service / best peer ({best_peer}) req/s: {format_ratio(summary['service_vs_best_peer'])}   "
+          f"service / bare: {format_ratio(summary['service_vs_bare'])}   "
+          f"p99 service / bare: {format_ratio(summary['p99_service_vs_bare'])}")
+    return summary
+
+
+def _service_predictions(port: int, images: list[bytes]) -> list[dict]:
+    results = []
+    for image in images:
+        http = urllib.request.Request(f"http://127.0.0.1:{port}/predict?model=fashion_mnist", data=image,
+                                      headers={"Content-Type": "image/png"})
+        with urllib.request.urlopen(http, timeout=30) as response:
+            results += orjson.loads(response.read())["predictions"]
+    return results
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--seconds", type=int, default=5)
+    parser.add_argument("--peer-rounds", type=int, default=3)
+    parser.add_argument("--peer-seconds", type=int, default=8)
+    parser.add_argument("--no-peers", action="store_true", help="skip part 2")
+    parser.add_argument("--no-request-path", action="store_true", help="skip part 1")
+    parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--models-dir", type=Path, default=ROOT / "models")
+    parser.add_argument("--datasets-dir", type=Path,
+                        default=Path(os.environ.get("DATASETS_DIR", ROOT.parent / "shared" / "datasets")))
+    parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results" / "latest.json")
+    args = parser.parse_args()
+    # The in-process step costs use the metric store the servers use: one file per process, shared by workers.
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="bench-metrics-")
+
+    images = load_images(args.datasets_dir, 200)
+    images["check"] = images["fashion_mnist"][0]  # 200 images for the peers' label check
+    images = {"fashion_mnist": tuple(v[:64] if isinstance(v, list) else v for v in images["fashion_mnist"]),
+              "cifar10": tuple(v[:64] if isinstance(v, list) else v for v in images["cifar10"]),
+              "check": images["check"]}
+    workdir = Path(tempfile.mkdtemp(prefix="bench-"))
+    summary = {"machine": {"cores": os.cpu_count(), "cpu": cpu_model()},
+               "settings": {k: str(v) for k, v in vars(args).items()}}
+    load_images_for_path = {k: v for k, v in images.items() if k != "check"}
+    if not args.no_request_path:
+        summary |= request_path_part(args, load_images_for_path, workdir)
+        summary["in_process_us_per_image"] = in_process_costs(load_images_for_path, args.models_dir)
+        print("in-process cost per image (microseconds); for comparison, parse_werkzeug is the bare app's "
+              "request.files, decode_pillow and json_stdlib what the direct decoders and orjson replace:")
+        for name, steps in summary["in_process_us_per_image"].items():
+            print(f"  {name:>13} ({steps['runtime']}): " + "  ".join(
+                f"{k.removesuffix('_us')} {v:.0f}" for k, v in steps.items() if k != "runtime"))
+        print("the same steps inside the loaded service, mean microseconds per single-image request "
+              "(from its own /metrics; decode includes normalize):")
+        for name, steps in summary["served_us_per_request"].items():
+            print(f"  {name:>13}: " + "  ".join(f"{k.removesuffix('_us')} {v:.0f}" for k, v in sorted(steps.items())))
+    if not args.no_peers:
+        summary["peers"] = peers_part(args, images, workdir)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(summary, indent=2, default=str))
     print(f"\nwritten to {args.output}")

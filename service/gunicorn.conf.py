@@ -26,6 +26,8 @@ timeout = math.ceil(settings.worker_timeout_seconds)
 # The master's limit after SIGTERM covers the workers' drain and then their requests in flight.
 graceful_timeout = math.ceil(settings.drain_seconds + settings.graceful_timeout_seconds)
 max_requests = 0
+# gunicorn's control socket is unused here, and its one path per user would be shared by every instance.
+control_socket_disable = True
 accesslog = "-" if settings.access_log else None
 errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info")

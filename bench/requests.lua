@@ -1,14 +1,20 @@
--- wrk script: POST pre-built multipart bodies in turn; print one JSON line of results at the end.
--- BENCH_BODIES names a file listing body files; BENCH_PATH is the request path (with its query).
+-- wrk script: send pre-built requests in turn; print one JSON line of results at the end.
+-- BENCH_REQUESTS names a listing: one request a line, the body file's path then its headers, tab-separated
+-- ("Content-Type: ..."). BENCH_PATH is the request path (with its query).
 local requests = {}
 local counter = 0
 
 function init(args)
-  local boundary = os.getenv("BENCH_BOUNDARY")
   local path = os.getenv("BENCH_PATH")
-  local headers = { ["Content-Type"] = "multipart/form-data; boundary=" .. boundary }
-  for name in io.lines(os.getenv("BENCH_BODIES")) do
-    local f = assert(io.open(name, "rb"))
+  for line in io.lines(os.getenv("BENCH_REQUESTS")) do
+    local fields = {}
+    for field in line:gmatch("[^\t]+") do fields[#fields + 1] = field end
+    local headers = {}
+    for i = 2, #fields do
+      local name, value = fields[i]:match("^([^:]+):%s*(.*)$")
+      headers[name] = value
+    end
+    local f = assert(io.open(fields[1], "rb"))
     requests[#requests + 1] = wrk.format("POST", path, headers, f:read("*a"))
     f:close()
   end

@@ -5,13 +5,14 @@ import io
 import numpy as np
 
 from bench.bare_app import create_app as create_bare_app
-from bench.run import BOUNDARY, in_process_costs, load_images, multipart
+from bench.peers import BOUNDARY, multipart
+from bench.run import in_process_costs, load_images
 from tests.conftest import SHIPPED_MODELS, datasets_dir
 
 
 def test_the_in_process_step_costs_cover_every_step_of_both_models(fashion, cifar_folder):
     images = load_images(datasets_dir(), 8)
-    assert [len(blobs) for blobs, _ in images.values()] == [8, 8]
+    assert [len(blobs) for blobs, _, _ in images.values()] == [8, 8]
     costs = in_process_costs(images, SHIPPED_MODELS, repeat=8)
     for name in ("fashion_mnist", "cifar10"):
         steps = costs[name]
@@ -23,7 +24,7 @@ def test_the_in_process_step_costs_cover_every_step_of_both_models(fashion, cifa
 
 
 def test_the_bare_app_reads_the_whole_upload(fashion):
-    (png, *_), content_type = load_images(datasets_dir(), 1)["fashion_mnist"]
+    (png, *_), content_type, _ = load_images(datasets_dir(), 1)["fashion_mnist"]
     response = create_bare_app().test_client().post(
         "/predict", data=multipart([png, png], content_type),
         headers={"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"})
@@ -57,3 +58,49 @@ def test_the_fixed_answer_app_is_the_service_without_its_models_work(fashion):
     bad = client.post("/predict?model=fashion_mnist", data={"image": (io.BytesIO(b"not an image"), "x.png")},
                       content_type="multipart/form-data")
     assert bad.status_code == 400 and bad.json["error"]["code"] == "invalid_image"
+
+
+def test_the_peers_shared_classifier_agrees_with_the_service_on_real_images(fashion, monkeypatch):
+    """What every peer serves: the same int8 model, giving the labels the benchmark's label check expects."""
+    import importlib
+    import sys
+
+    from bench.run import served_model_file
+    from service.registry import ModelRegistry
+    from tests.conftest import png_bytes
+
+    monkeypatch.setenv("PEER_MODEL", str(served_model_file(SHIPPED_MODELS, "fashion_mnist")))
+    monkeypatch.setenv("PEER_COLOR_MODE", "L")
+    sys.modules.pop("bench.peer_servers.classifier", None)
+    classifier = importlib.import_module("bench.peer_servers.classifier")
+    images = [png_bytes(pixels) for pixels in fashion.x_test[:50]]
+    peer_labels = classifier.classify(classifier.load_session(), images).argmax(axis=1)
+    registry = ModelRegistry(SHIPPED_MODELS, "onnx_int8")
+    registry.refresh()
+    model = registry.get("fashion_mnist")
+    served = model.runtime.predict(fashion.x_test[:50].astype(np.float32) / 255.0).argmax(axis=1)
+    assert (peer_labels == served).mean() >= 0.98
+
+
+def test_each_peers_request_carries_the_image_in_its_own_format():
+    import base64
+    import json
+    import struct
+
+    from bench.peers import MULTIPART_TYPE, PEERS
+
+    image = b"\x89PNG fake image bytes"
+    formats = {peer.key: peer.request(image, "image/png") for peer in PEERS}
+    triton = formats["triton"]
+    size = int(triton.headers["Inference-Header-Content-Length"])
+    header = json.loads(triton.body[:size])
+    assert header["inputs"][0]["datatype"] == "BYTES"
+    assert header["inputs"][0]["parameters"]["binary_data_size"] == len(image) + 4
+    assert struct.unpack("<I", triton.body[size:size + 4])[0] == len(image) and triton.body.endswith(image)
+    mlserver = json.loads(formats["mlserver"].body)
+    assert base64.b64decode(mlserver["inputs"][0]["data"][0]) == image
+    for key in ("litserve", "bentoml"):
+        assert formats[key].headers["Content-Type"] == MULTIPART_TYPE and image in formats[key].body
+    probabilities = [0.1, 0.7, 0.2]
+    binary = struct.pack("<3f", *probabilities)
+    assert PEERS[0].top1(b"{}" + binary, {"Inference-Header-Content-Length": "2"}) == 1

@@ -1,10 +1,13 @@
 """Load benchmark: the service against a bare Flask app and the servers users would pick instead, on real images.
 
-    python bench/run.py [--rounds 6] [--seconds 5] [--peer-rounds 3] [--peer-seconds 8] [--no-peers]
+    python bench/run.py [--rounds 6] [--seconds 5] [--peer-rounds 3] [--peer-seconds 8]
+                        [--no-request-path] [--no-protocols] [--no-peers]
 
 Part 1, the request path: the service, a bare Flask app that only reads the upload (``bench/bare_app.py``) and
 the service with inference replaced by a fixed answer (``bench/fixed_answer_app.py``), all under the same
-gunicorn settings, on Fashion-MNIST PNGs and CIFAR-10 JPEGs. Part 2, the peers (``bench/peers.py``): Triton,
+gunicorn settings, on Fashion-MNIST PNGs and CIFAR-10 JPEGs. Part 2, the protocols: the same PNGs through
+``/predict``, KServe V2 with binary tensor data (the PNG in a BYTES input) and TF Serving (``{"b64": ...}``),
+on one service. Part 3, the peers (``bench/peers.py``): Triton,
 MLServer, LitServe and BentoML, each in its own virtual environment, serving the same int8 ONNX model with two
 workers, in their own upload formats, loaded beside the service and the bare app on Fashion-MNIST PNGs, after
 a check that each gives the service's top-1 label on 200 real images.
@@ -20,6 +23,7 @@ ready, batch amortization, and the in-process cost per image of each step; every
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import signal
@@ -213,7 +217,7 @@ def in_process_costs(images: dict, models_dir: Path, repeat: int = 300) -> dict:
     from service.fast_decode import decode_plain
     from service.images import decode_image, normalize_pixels, oriented_in_mode
     from service.registry import ModelRegistry
-    from service.routes import prediction_body
+    from service.protocols.native import prediction_body
     from service.settings import Settings
     from service.uploads import read_uploads
 
@@ -263,7 +267,7 @@ def in_process_costs(images: dict, models_dir: Path, repeat: int = 300) -> dict:
             metrics.series(metrics.INFERENCE_DURATION, name).observe(0.0001)
             metrics.series(metrics.IMAGES_PER_REQUEST, name).observe(1)
             metrics.series(metrics.PREDICTIONS, name, model.classes[int(p.argmax())]).inc()
-            metrics.series(metrics.REQUESTS, "/predict", name, "200").inc()
+            metrics.series(metrics.REQUESTS, "native", "/predict", name, "200").inc()
             metrics.series(metrics.REQUEST_DURATION, "/predict").observe(0.001)
 
         metrics_us, _ = timed(record, outputs)
@@ -377,8 +381,54 @@ def request_path_part(args, images, workdir: Path) -> tuple[dict, dict]:
     return summary
 
 
+def v2_binary_request(model: str, image: bytes) -> Request:
+    """KServe V2 with binary tensor data: one encoded image in the BYTES input, binary probabilities back."""
+    header = json.dumps({"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES",
+                                     "parameters": {"binary_data_size": len(image) + 4}}],
+                         "outputs": [{"name": "probabilities", "parameters": {"binary_data": True}}]}).encode()
+    return Request(f"/v2/models/{model}/infer", {"Content-Type": "application/octet-stream",
+                                                 "Inference-Header-Content-Length": str(len(header))},
+                   header + len(image).to_bytes(4, "little") + image)
+
+
+def tf_serving_request(model: str, image: bytes) -> Request:
+    body = json.dumps({"instances": [{"b64": base64.b64encode(image).decode()}]}).encode()
+    return Request(f"/v1/models/{model}:predict", {"Content-Type": "application/json"}, body)
+
+
+def protocols_part(args, images, workdir: Path) -> dict:
+    """Part 2: the same images through each protocol of one service: /predict, KServe V2 binary, TF Serving."""
+    name = "fashion_mnist"
+    blobs, kind, _ = images[name]
+    server = Server(None, args.workers, args.models_dir)
+    requests = {"native /predict": service_requests(blobs, kind, 1),
+                "KServe V2 binary": [v2_binary_request(name, image) for image in blobs],
+                "TF Serving b64": [tf_serving_request(name, image) for image in blobs]}
+    listings = {label: write_requests(workdir, f"protocol-{i}", batch) for i, (label, batch) in enumerate(requests.items())}
+    paths = {label: batch[0].path + (f"?model={name}" if label.startswith("native") else "")
+             for label, batch in requests.items()}
+    targets = dict.fromkeys(requests, server)
+    runs: dict[tuple[str, str], list[dict]] = {}
+    try:
+        for label in targets:  # warm-up, not recorded
+            wrk(server.port, paths[label], listings[label], 2, args.connections)
+        for round_number in range(args.rounds):
+            order = list(targets) if round_number % 2 == 0 else list(reversed(targets))
+            load_round(targets, order, paths.__getitem__, listings.__getitem__, args.seconds, args.connections,
+                       runs, name, round_number)
+    finally:
+        server.stop()
+    rows = {label: medians(runs[(label, name)]) for label in targets}
+    print_table(f"protocols, {name} PNGs, one service, medians of {args.rounds} rounds of {args.seconds} s", rows)
+    summary = {"rows": rows}
+    for label in list(targets)[1:]:
+        summary[f"{label} / native"] = paired_ratio(runs, name, label, "rps", baseline="native /predict")
+        print(f"{label} / native /predict req/s: {format_ratio(summary[f'{label} / native'])}")
+    return summary
+
+
 def peers_part(args, images, workdir: Path) -> dict:
-    """Part 2: the peers beside the service and the bare app, on Fashion-MNIST PNGs; labels checked first."""
+    """Part 3: the peers beside the service and the bare app, on Fashion-MNIST PNGs; labels checked first."""
     name = "fashion_mnist"
     blobs, kind, _ = images[name]
     check_images = images["check"]
@@ -449,8 +499,9 @@ def main() -> int:
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--peer-rounds", type=int, default=3)
     parser.add_argument("--peer-seconds", type=int, default=8)
-    parser.add_argument("--no-peers", action="store_true", help="skip part 2")
+    parser.add_argument("--no-peers", action="store_true", help="skip part 3")
     parser.add_argument("--no-request-path", action="store_true", help="skip part 1")
+    parser.add_argument("--no-protocols", action="store_true", help="skip part 2")
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--models-dir", type=Path, default=ROOT / "models")
@@ -482,6 +533,8 @@ def main() -> int:
               "(from its own /metrics; decode includes normalize):")
         for name, steps in summary["served_us_per_request"].items():
             print(f"  {name:>13}: " + "  ".join(f"{k.removesuffix('_us')} {v:.0f}" for k, v in sorted(steps.items())))
+    if not args.no_protocols:
+        summary["protocols"] = protocols_part(args, load_images_for_path, workdir)
     if not args.no_peers:
         summary["peers"] = peers_part(args, images, workdir)
     args.output.parent.mkdir(parents=True, exist_ok=True)

@@ -12,6 +12,7 @@ from flask.json.provider import JSONProvider
 
 from service import metrics
 from service.errors import register_error_handlers
+from service.protocols import PROTOCOLS, protocol_of
 from service.registry import ModelRegistry
 from service.routes import api
 from service.settings import Settings
@@ -35,7 +36,9 @@ def create_app(settings: Settings | None = None, watch: bool = True) -> Flask:
         registry.start(settings.reload_interval_seconds)
 
     app.register_blueprint(api)
-    register_error_handlers(app)
+    for protocol in PROTOCOLS:
+        app.register_blueprint(protocol.blueprint)
+    register_error_handlers(app, {protocol.PATH_PREFIX: protocol.error_body for protocol in PROTOCOLS})
     _observe_requests(app)
     logging.getLogger("service").setLevel(logging.INFO)
     return app
@@ -68,7 +71,8 @@ def _observe_requests(app: Flask) -> None:
         # The URL rule, not the path: label values stay bounded whatever clients send.
         endpoint = request.url_rule.rule if request.url_rule else "unmatched"
         model = g.get("model_label", "")
-        metrics.series(metrics.REQUESTS, endpoint, model, str(response.status_code)).inc()
+        protocol = protocol_of(request.path).NAME
+        metrics.series(metrics.REQUESTS, protocol, endpoint, model, str(response.status_code)).inc()
         elapsed = time.perf_counter() - g.get("started", time.perf_counter())
         metrics.series(metrics.REQUEST_DURATION, endpoint).observe(elapsed)
         return response

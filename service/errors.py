@@ -1,8 +1,15 @@
-"""Client mistakes as exceptions with an HTTP status and a stable code, rendered as JSON in one place."""
+"""Client mistakes as exceptions with an HTTP status and a stable code, rendered as JSON in one place.
+
+Each protocol has its own error body: the native API's ``{"error": {"code", "message"}}``, the standard
+protocols' ``{"error": "<message>"}``. The handlers here pick the shape by the request's path prefix, so a
+404 or 405 from routing, before any protocol code runs, is shaped like that protocol's other errors.
+"""
 
 from __future__ import annotations
 
-from flask import Flask, jsonify
+from collections.abc import Callable, Mapping
+
+from flask import Flask, jsonify, request
 
 from service import metrics
 from werkzeug.exceptions import ClientDisconnected, HTTPException
@@ -37,9 +44,23 @@ class TooManyImages(ClientError):
     code = "too_many_images"
 
 
+class InvalidTensor(ClientError):
+    code = "invalid_tensor"
+
+
 class UnknownModel(ClientError):
     status = 404
     code = "unknown_model"
+
+
+class NotFound(ClientError):
+    status = 404
+    code = "not_found"
+
+
+class UnknownVersion(ClientError):
+    status = 404
+    code = "unknown_version"
 
 
 class UnsupportedMediaType(ClientError):
@@ -72,10 +93,20 @@ def error_body(code: str, message: str) -> dict:
     return {"error": {"code": code, "message": message}}
 
 
-def register_error_handlers(app: Flask) -> None:
+ErrorShape = Callable[[str, str], dict]  # (code, message) -> the JSON body
+
+
+def register_error_handlers(app: Flask, shapes: Mapping[str, ErrorShape] | None = None) -> None:
+    """Every error becomes JSON; ``shapes`` maps a path prefix ("/v2/") to its protocol's error body."""
+    shapes = dict(shapes or {})
+
+    def render(code: str, message: str, status: int):
+        shape = next((shape for prefix, shape in shapes.items() if request.path.startswith(prefix)), error_body)
+        return jsonify(shape(code, message)), status
+
     @app.errorhandler(ClientError)
     def client_error(error: ClientError):
-        return jsonify(error_body(error.code, error.message)), error.status
+        return render(error.code, error.message, error.status)
 
     @app.errorhandler(TimeoutError)
     def body_timeout(error: TimeoutError):
@@ -99,7 +130,7 @@ def register_error_handlers(app: Flask) -> None:
         if status == 413:
             limit = app.config.get("MAX_CONTENT_LENGTH")
             message = f"the upload is larger than the limit of {limit} bytes (MAX_UPLOAD_BYTES)"
-        response = jsonify(error_body(HTTP_CODES.get(status, error.name.lower().replace(" ", "_")), message))
+        response, _ = render(HTTP_CODES.get(status, error.name.lower().replace(" ", "_")), message, status)
         if status == 405 and error.valid_methods:
             response.headers["Allow"] = ", ".join(error.valid_methods)
         return response, status
@@ -107,4 +138,4 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(Exception)
     def unexpected(error: Exception):
         app.logger.exception("unhandled error")
-        return jsonify(error_body("internal_error", "the server failed to handle this request")), 500
+        return render("internal_error", "the server failed to handle this request", 500)

@@ -2,7 +2,7 @@
 
 Under gunicorn the workers share values through prometheus-client's multiprocess mode
 (``PROMETHEUS_MULTIPROC_DIR``, set up by gunicorn.conf.py); label values are always bounded: endpoint rules,
-published model names and their classes, status codes.
+published model names and their classes, status codes, protocol names.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from prometheus_client import (
 PREFIX = "classifier"
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
-REQUESTS = Counter(f"{PREFIX}_http_requests_total", "HTTP requests by endpoint, model and status",
-                   ["endpoint", "model", "status"])
+REQUESTS = Counter(f"{PREFIX}_http_requests_total", "HTTP requests by protocol, endpoint, model and status",
+                   ["protocol", "endpoint", "model", "status"])
 REQUEST_DURATION = Histogram(f"{PREFIX}_http_request_duration_seconds", "Whole request time by endpoint",
                              ["endpoint"], buckets=LATENCY_BUCKETS)
 DECODE_DURATION = Histogram(f"{PREFIX}_decode_duration_seconds", "Decode and normalize time per request",

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from service import metrics
-from service.errors import NotReady, UnknownModel
+from service.errors import NotReady, UnknownModel, UnknownVersion
 from service.images import InputSpec
 from service.runtimes import Runtime, load_runtime, resolve_kind
 
@@ -134,14 +134,19 @@ class ModelRegistry:
     def names(self) -> list[str]:
         return sorted(self._models)
 
-    def get(self, name: str) -> LoadedModel:
+    def get(self, name: str, version: str | int | None = None) -> LoadedModel:
+        """The model serving under ``name``; with ``version``, only if that is the version it serves."""
         if not self.initial_load_done.is_set():
             raise NotReady("models are still loading")
         try:
-            return self._models[name]
+            model = self._models[name]
         except KeyError:
             known = ", ".join(self.names()) or "none"
             raise UnknownModel(f"no model named {name!r}; served models: {known}") from None
+        if version is not None and str(version) != str(model.version):
+            raise UnknownVersion(f"version {version} of model {name!r} is not loaded; it serves version "
+                                 f"{model.version} (the published current version)")
+        return model
 
     def snapshot(self) -> dict[str, LoadedModel]:
         return dict(self._models)

@@ -1,18 +1,15 @@
-"""HTTP endpoints: parse the request, call the core, shape the JSON."""
+"""The endpoints every deployment has, whatever protocol it speaks: health, readiness, models, metrics."""
 
 from __future__ import annotations
 
 import time
 
-import numpy as np
-from flask import Blueprint, Response, current_app, g, jsonify, request
+from flask import Blueprint, Response, current_app, g, jsonify
 
 from service import metrics
-from service.errors import InvalidParameter, NotReady
-from service.images import prepare_image
+from service.errors import NotReady
 from service.registry import LoadedModel, ModelRegistry
 from service.settings import Settings
-from service.uploads import read_uploads
 
 api = Blueprint("api", __name__)
 
@@ -23,52 +20,6 @@ def _registry() -> ModelRegistry:
 
 def _settings() -> Settings:
     return current_app.extensions["settings"]
-
-
-def parse_top_k(model: LoadedModel, default: int) -> int:
-    raw = request.args.get("top_k")
-    if raw is None:
-        return min(default, len(model.classes))
-    if not raw.isdigit() or not 1 <= int(raw) <= len(model.classes):
-        raise InvalidParameter(f"top_k must be a whole number from 1 to {len(model.classes)}")
-    return int(raw)
-
-
-def prediction_body(model: LoadedModel, probabilities: np.ndarray, top_k: int) -> dict:
-    classes = model.classes
-    results = []
-    for row in probabilities:
-        order = np.argsort(-row, kind="stable")[:top_k]
-        values = row.tolist()
-        results.append({
-            "top": [{"label": classes[i], "index": int(i), "probability": values[i]} for i in order],
-            "probabilities": values,
-        })
-    return {"model": model.name, "version": model.version, "predictions": results}
-
-
-@api.post("/predict")
-def predict():
-    settings = _settings()
-    g.model_label = "unknown"
-    model = _registry().get(request.args.get("model", settings.default_model))
-    g.model_label = model.name
-    top_k = parse_top_k(model, settings.default_top_k)
-    uploads = read_uploads(request, settings.max_images_per_request, settings.max_upload_bytes)
-
-    started = time.perf_counter()
-    arrays = [prepare_image(data, model.input_spec, settings.max_image_pixels) for data in uploads]
-    batch = arrays[0][np.newaxis] if len(arrays) == 1 else np.stack(arrays)
-    decoded = time.perf_counter()
-    probabilities = model.runtime.predict(batch)
-    inferred = time.perf_counter()
-
-    metrics.series(metrics.DECODE_DURATION, model.name).observe(decoded - started)
-    metrics.series(metrics.INFERENCE_DURATION, model.name).observe(inferred - decoded)
-    metrics.series(metrics.IMAGES_PER_REQUEST, model.name).observe(len(uploads))
-    for index in probabilities.argmax(axis=1).tolist():
-        metrics.series(metrics.PREDICTIONS, model.name, model.classes[index]).inc()
-    return jsonify(prediction_body(model, probabilities, top_k))
 
 
 def describe_model(model: LoadedModel, detail: bool) -> dict:

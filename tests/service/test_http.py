@@ -164,7 +164,7 @@ def test_metrics_count_every_request_across_workers(shipped_server, fashion):
         key = (name, tuple(sorted(labels.items())))
         return after.get(key, 0) - before.get(key, 0)
 
-    assert delta("classifier_http_requests_total", endpoint="/predict", model="fashion_mnist", status="200") == 20
+    assert delta("classifier_http_requests_total", protocol="native", endpoint="/predict", model="fashion_mnist", status="200") == 20
     predicted = sum(after[k] - before.get(k, 0) for k in after if k[0] == "classifier_predictions_total")
     assert predicted == 60
     assert delta("classifier_images_per_request_count", model="fashion_mnist") == 20

@@ -1,0 +1,58 @@
+"""The one inference path every protocol calls: encoded images or pixel tensors in, probabilities out.
+
+Protocols (``service/protocols/``) only translate their wire format to these calls and the probabilities back;
+decoding, normalization, validation of pixel tensors, the runtime call and the per-model metrics live here, once.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from service import metrics
+from service.errors import InvalidTensor
+from service.images import prepare_image
+from service.registry import LoadedModel
+
+
+def classify_images(model: LoadedModel, images: list[bytes], max_pixels: int) -> np.ndarray:
+    """Encoded image files (PNG, JPEG, ...) -> (len(images), classes) probabilities, through the same
+    decoding and normalization as every upload."""
+    started = time.perf_counter()
+    arrays = [prepare_image(data, model.input_spec, max_pixels) for data in images]
+    batch = arrays[0][np.newaxis] if len(arrays) == 1 else np.stack(arrays)
+    return _predict(model, batch, started)
+
+
+def classify_pixels(model: LoadedModel, pixels: np.ndarray) -> np.ndarray:
+    """A float32 batch already in the model's input shape, values in [0, 1] -> probabilities."""
+    started = time.perf_counter()
+    return _predict(model, check_pixels(model, pixels), started)
+
+
+def check_pixels(model: LoadedModel, pixels: np.ndarray) -> np.ndarray:
+    """The batch as the model takes it, or a client error saying what is wrong with it."""
+    shape = model.input_spec.shape
+    if pixels.ndim == len(shape) and pixels.shape == shape:
+        pixels = pixels[np.newaxis]  # one image without its batch dimension
+    if pixels.shape[1:] != shape or len(pixels) == 0:
+        expected = "x".join(str(n) for n in shape)
+        raise InvalidTensor(f"pixels of shape {list(pixels.shape)} do not fit model {model.name!r}, which takes "
+                            f"a batch of {expected} images: shape [batch, {', '.join(map(str, shape))}]")
+    pixels = np.ascontiguousarray(pixels, dtype=np.float32)
+    if not np.isfinite(pixels).all() or pixels.min() < 0 or pixels.max() > 1:
+        raise InvalidTensor("pixel values must be finite and within [0, 1] (the image scaled by 1/255)")
+    return pixels
+
+
+def _predict(model: LoadedModel, batch: np.ndarray, started: float) -> np.ndarray:
+    prepared = time.perf_counter()
+    probabilities = model.runtime.predict(batch)
+    inferred = time.perf_counter()
+    metrics.series(metrics.DECODE_DURATION, model.name).observe(prepared - started)
+    metrics.series(metrics.INFERENCE_DURATION, model.name).observe(inferred - prepared)
+    metrics.series(metrics.IMAGES_PER_REQUEST, model.name).observe(len(batch))
+    for index in probabilities.argmax(axis=1).tolist():
+        metrics.series(metrics.PREDICTIONS, model.name, model.classes[index]).inc()
+    return probabilities

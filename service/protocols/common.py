@@ -1,0 +1,20 @@
+"""What every protocol's handlers share: the served model a request names, and the standard error shape."""
+
+from __future__ import annotations
+
+from flask import current_app, g
+
+from service.registry import LoadedModel
+
+
+def served_model(name: str, version: str | None = None) -> LoadedModel:
+    """The model (and, if named, version) a request asks for; labels the request's metrics with it."""
+    g.model_label = "unknown"
+    model = current_app.extensions["model_registry"].get(name, version)
+    g.model_label = model.name
+    return model
+
+
+def message_error_body(code: str, message: str) -> dict:
+    """The error shape of KServe V2 and TF Serving alike: ``{"error": "<message>"}``."""
+    return {"error": message}

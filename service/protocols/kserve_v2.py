@@ -1,0 +1,329 @@
+"""KServe V2 / Open Inference Protocol, REST: what Triton, KServe, Seldon and tritonclient speak.
+
+A model takes one of two inputs: ``pixels``, an FP32 tensor ``[batch, 28, 28]`` or ``[batch, 32, 32, 3]``
+with values in [0, 1], or ``image``, a BYTES tensor of encoded image files (PNG, JPEG, ...) that go through the
+same decoding and normalization as ``/predict``. It returns ``probabilities``, FP32 ``[batch, classes]``; with
+the classification extension (output parameter ``classification: k``) that output becomes BYTES
+``[batch, k]`` of ``"score:index:label"``, highest first, as Triton does it.
+
+Tensor data is JSON (flat or nested; BYTES elements as base64 strings, since JSON strings cannot carry binary
+files) or binary, per the binary tensor data extension: the JSON header's length in the
+``Inference-Header-Content-Length`` header, ``binary_data_size`` per input, ``binary_data`` per output (or
+``binary_data_output`` for all), BYTES elements each with a 4-byte little-endian length. Errors are
+``{"error": "<message>"}``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import math
+import struct
+from dataclasses import dataclass
+
+import numpy as np
+import orjson
+from flask import Blueprint, Response, current_app, jsonify, request
+
+from service.errors import ClientError, InvalidTensor, TooManyImages
+from service.inference import classify_images, classify_pixels
+from service.protocols.common import message_error_body, served_model
+from service.registry import LoadedModel
+
+NAME = "kserve_v2"
+PATH_PREFIX = "/v2"
+SERVER_NAME = "image-classifier-service"
+EXTENSIONS = ["classification", "binary_tensor_data"]
+PIXELS_INPUT, IMAGE_INPUT, OUTPUT = "pixels", "image", "probabilities"
+PLATFORMS = {"onnx": "onnxruntime_onnx", "onnx_int8": "onnxruntime_onnx", "keras": "keras"}
+HEADER_LENGTH = "Inference-Header-Content-Length"
+
+blueprint = Blueprint("kserve_v2", __name__, url_prefix=PATH_PREFIX)
+
+
+error_body = message_error_body
+
+
+class InvalidRequest(ClientError):
+    code = "invalid_request"
+
+
+@dataclass(frozen=True)
+class InferInput:
+    name: str
+    datatype: str
+    value: np.ndarray | list[bytes]  # float32 pixels for FP32, the encoded files for BYTES
+
+
+@dataclass(frozen=True)
+class RequestedOutput:
+    name: str
+    binary: bool
+    classification: int  # 0: the probabilities themselves
+
+
+@dataclass(frozen=True)
+class InferRequest:
+    id: str | None
+    input: InferInput
+    outputs: tuple[RequestedOutput, ...]
+
+
+# --- decoding a request -------------------------------------------------------------------------------------
+
+def parse_infer_request(body: bytes, header_length: str | None, max_images: int) -> InferRequest:
+    """The request body (JSON, or a JSON header followed by binary tensor data) -> an ``InferRequest``."""
+    binary = b""
+    if header_length is not None:
+        if not header_length.isdigit() or int(header_length) > len(body):
+            raise InvalidRequest(f"{HEADER_LENGTH}: {header_length!r} is not a length within the "
+                                 f"{len(body)}-byte body")
+        body, binary = body[:int(header_length)], body[int(header_length):]
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(f"the request is not valid JSON: {exc}") from None
+    if not isinstance(document, dict):
+        raise InvalidRequest("the request must be a JSON object with 'inputs'")
+    inputs = document.get("inputs")
+    if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
+        raise InvalidRequest(f"'inputs' must hold exactly one tensor: '{PIXELS_INPUT}' (FP32) or "
+                             f"'{IMAGE_INPUT}' (BYTES)")
+    request_id = document.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise InvalidRequest("'id' must be a string")
+    parameters = _parameters(document, "the request")
+    tensor, used = _parse_input(inputs[0], binary, max_images)
+    if used != len(binary):
+        raise InvalidRequest(f"the body has {len(binary) - used} bytes of binary data that no input claims "
+                             "with binary_data_size")
+    binary_default = parameters.get("binary_data_output", False)
+    if not isinstance(binary_default, bool):
+        raise InvalidRequest("the parameter binary_data_output must be true or false")
+    outputs = document.get("outputs")
+    if outputs is None:
+        requested = (RequestedOutput(OUTPUT, binary_default, 0),)
+    elif not isinstance(outputs, list) or not all(isinstance(o, dict) for o in outputs):
+        raise InvalidRequest("'outputs' must be a list of objects")
+    else:
+        requested = tuple(_parse_output(o, binary_default) for o in outputs)
+    return InferRequest(request_id, tensor, requested)
+
+
+def _parameters(item: dict, where: str) -> dict:
+    parameters = item.get("parameters", {})
+    if not isinstance(parameters, dict):
+        raise InvalidRequest(f"the parameters of {where} must be an object")
+    return parameters
+
+
+def _parse_input(item: dict, binary: bytes, max_images: int) -> tuple[InferInput, int]:
+    name, datatype, shape = item.get("name"), item.get("datatype"), item.get("shape")
+    if name not in (PIXELS_INPUT, IMAGE_INPUT):
+        raise InvalidRequest(f"unknown input {name!r}: send '{PIXELS_INPUT}' (FP32 pixels in [0, 1]) or "
+                             f"'{IMAGE_INPUT}' (BYTES, encoded image files)")
+    expected = "FP32" if name == PIXELS_INPUT else "BYTES"
+    if datatype != expected:
+        raise InvalidTensor(f"input {name!r} must have datatype {expected}, not {datatype!r}")
+    if (not isinstance(shape, list) or not shape
+            or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape)):
+        raise InvalidTensor(f"input {name!r} needs a 'shape': a list of non-negative whole numbers")
+    count = math.prod(shape)
+    size = _parameters(item, f"input {name!r}").get("binary_data_size")
+    if size is not None:
+        if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= len(binary):
+            raise InvalidRequest(f"input {name!r}: binary_data_size {size!r} does not fit the {len(binary)} "
+                                 "bytes of binary data")
+        chunk = binary[:size]
+        value = _binary_pixels(chunk, count, name) if expected == "FP32" else _binary_bytes(chunk, count, name)
+    else:
+        if "data" not in item:
+            raise InvalidTensor(f"input {name!r} has neither 'data' nor a binary_data_size parameter")
+        value = _json_pixels(item["data"], count, name) if expected == "FP32" else _json_bytes(item["data"], count,
+                                                                                                name)
+        size = 0
+    if expected == "FP32":
+        value = value.reshape(shape)
+        batch = shape[0] if len(shape) > 1 else 1
+    else:
+        batch = len(value)
+    if batch > max_images:
+        raise TooManyImages(f"{batch} images in one request, more than {max_images} (MAX_IMAGES_PER_REQUEST)")
+    return InferInput(name, datatype, value), size
+
+
+def _binary_pixels(chunk: bytes, count: int, name: str) -> np.ndarray:
+    if len(chunk) != 4 * count:
+        raise InvalidTensor(f"input {name!r}: {len(chunk)} bytes of FP32 data for a shape of {count} elements "
+                            f"({4 * count} bytes)")
+    return np.frombuffer(chunk, dtype="<f4").astype(np.float32, copy=False)
+
+
+def _json_pixels(data, count: int, name: str) -> np.ndarray:
+    try:
+        pixels = np.asarray(data, dtype=np.float32)
+    except (ValueError, TypeError):
+        raise InvalidTensor(f"input {name!r}: 'data' must be numbers, flat or nested like the shape") from None
+    if pixels.size != count:
+        raise InvalidTensor(f"input {name!r}: 'data' has {pixels.size} elements, the shape says {count}")
+    return pixels.ravel()
+
+
+def _binary_bytes(chunk: bytes, count: int, name: str) -> list[bytes]:
+    elements, offset = [], 0
+    while offset < len(chunk):
+        if offset + 4 > len(chunk):
+            raise InvalidTensor(f"input {name!r}: a BYTES element's 4-byte length is cut off")
+        (length,) = struct.unpack_from("<I", chunk, offset)
+        if offset + 4 + length > len(chunk):
+            raise InvalidTensor(f"input {name!r}: a BYTES element says {length} bytes, more than are left")
+        elements.append(chunk[offset + 4:offset + 4 + length])
+        offset += 4 + length
+    if len(elements) != count:
+        raise InvalidTensor(f"input {name!r}: {len(elements)} BYTES elements for a shape of {count}")
+    return elements
+
+
+def _json_bytes(data, count: int, name: str) -> list[bytes]:
+    flat = list(_flatten(data))
+    if len(flat) != count:
+        raise InvalidTensor(f"input {name!r}: 'data' has {len(flat)} elements, the shape says {count}")
+    try:
+        return [base64.b64decode(element, validate=True) for element in flat]
+    except (binascii.Error, TypeError, ValueError):
+        raise InvalidTensor(f"input {name!r}: in JSON, each BYTES element must be an image file in base64 "
+                            "(or send it as binary data)") from None
+
+
+def _flatten(data):
+    if isinstance(data, list):
+        for item in data:
+            yield from _flatten(item)
+    else:
+        yield data
+
+
+def _parse_output(item: dict, binary_default: bool) -> RequestedOutput:
+    if item.get("name") != OUTPUT:
+        raise InvalidRequest(f"unknown output {item.get('name')!r}: the model's output is '{OUTPUT}'")
+    parameters = _parameters(item, f"output {OUTPUT!r}")
+    binary = parameters.get("binary_data", binary_default)
+    classification = parameters.get("classification", 0)
+    if not isinstance(binary, bool):
+        raise InvalidRequest("the output parameter binary_data must be true or false")
+    if not isinstance(classification, int) or isinstance(classification, bool) or classification < 0:
+        raise InvalidRequest("the output parameter classification must be a whole number of classes")
+    return RequestedOutput(OUTPUT, binary, classification)
+
+
+# --- encoding a response ------------------------------------------------------------------------------------
+
+def classification_strings(probabilities: np.ndarray, classes: list[str], k: int) -> list[list[bytes]]:
+    """Each row's top ``k`` as Triton's ``"score:index:label"``, highest first."""
+    rows = []
+    for row in probabilities:
+        order = np.argsort(-row, kind="stable")[:k]
+        rows.append([f"{row[i]:f}:{i}:{classes[i]}".encode() for i in order])
+    return rows
+
+
+def encode_infer_response(model: LoadedModel, request_id: str | None, outputs: tuple[RequestedOutput, ...],
+                          probabilities: np.ndarray) -> tuple[bytes, int | None]:
+    """The response body, and the JSON header's length when binary tensor data follows it."""
+    tensors, chunks = [], []
+    for output in outputs:
+        if output.classification:
+            k = min(output.classification, len(model.classes))
+            rows = classification_strings(probabilities, model.classes, k)
+            tensor = {"name": output.name, "datatype": "BYTES", "shape": [len(rows), k]}
+            if output.binary:
+                chunk = b"".join(struct.pack("<I", len(s)) + s for row in rows for s in row)
+            else:
+                tensor["data"] = [s.decode() for row in rows for s in row]
+        else:
+            tensor = {"name": output.name, "datatype": "FP32", "shape": list(probabilities.shape)}
+            if output.binary:
+                chunk = np.ascontiguousarray(probabilities, dtype="<f4").tobytes()
+            else:
+                tensor["data"] = probabilities.ravel().tolist()
+        if output.binary:
+            tensor["parameters"] = {"binary_data_size": len(chunk)}
+            chunks.append(chunk)
+        tensors.append(tensor)
+    header = {"model_name": model.name, "model_version": str(model.version), "outputs": tensors}
+    if request_id is not None:
+        header = {"id": request_id, **header}
+    encoded = orjson.dumps(header)
+    if not chunks:
+        return encoded, None
+    return encoded + b"".join(chunks), len(encoded)
+
+
+def model_metadata(model: LoadedModel) -> dict:
+    shape = list(model.input_spec.shape)
+    return {
+        "name": model.name,
+        "versions": [str(model.version)],
+        "platform": PLATFORMS.get(model.runtime.kind, model.runtime.kind),
+        "inputs": [{"name": PIXELS_INPUT, "datatype": "FP32", "shape": [-1, *shape]},
+                   {"name": IMAGE_INPUT, "datatype": "BYTES", "shape": [-1]}],
+        "outputs": [{"name": OUTPUT, "datatype": "FP32", "shape": [-1, len(model.classes)]}],
+    }
+
+
+# --- the endpoints ------------------------------------------------------------------------------------------
+
+@blueprint.get("")
+def server_metadata():
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        server_version = version(SERVER_NAME)
+    except PackageNotFoundError:
+        server_version = "unknown"
+    return jsonify({"name": SERVER_NAME, "version": server_version, "extensions": EXTENSIONS})
+
+
+@blueprint.get("/health/live")
+def live():
+    return jsonify({"live": True})
+
+
+@blueprint.get("/health/ready")
+def ready():
+    registry = current_app.extensions["model_registry"]
+    is_ready = registry.ready and not current_app.extensions["draining"].is_set()
+    # The protocol answers readiness with the status alone: 200 true, a 4xx false.
+    return jsonify({"ready": is_ready}), 200 if is_ready else 400
+
+
+@blueprint.get("/models/<name>")
+@blueprint.get("/models/<name>/versions/<version>")
+def show_model(name: str, version: str | None = None):
+    return jsonify(model_metadata(served_model(name, version)))
+
+
+@blueprint.get("/models/<name>/ready")
+@blueprint.get("/models/<name>/versions/<version>/ready")
+def model_ready(name: str, version: str | None = None):
+    model = served_model(name, version)
+    return jsonify({"name": model.name, "ready": True})
+
+
+@blueprint.post("/models/<name>/infer")
+@blueprint.post("/models/<name>/versions/<version>/infer")
+def infer(name: str, version: str | None = None):
+    model = served_model(name, version)
+    settings = current_app.extensions["settings"]
+    parsed = parse_infer_request(request.get_data(cache=False), request.headers.get(HEADER_LENGTH),
+                                 settings.max_images_per_request)
+    if parsed.input.datatype == "BYTES":
+        if not parsed.input.value:
+            raise InvalidTensor(f"input {IMAGE_INPUT!r} holds no images")
+        probabilities = classify_images(model, parsed.input.value, settings.max_image_pixels)
+    else:
+        probabilities = classify_pixels(model, parsed.input.value)
+    body, header_length = encode_infer_response(model, parsed.id, parsed.outputs, probabilities)
+    if header_length is None:
+        return Response(body, mimetype="application/json")
+    return Response(body, mimetype="application/octet-stream", headers={HEADER_LENGTH: str(header_length)})

@@ -1,0 +1,174 @@
+"""TensorFlow Serving's REST API: model status, metadata, ``:predict`` and ``:classify``.
+
+Instances are either pixel arrays in the model's input shape (``28 x 28`` or ``32 x 32 x 3``, values in [0, 1])
+or encoded image files as ``{"b64": "<base64>"}``, which go through the same decoding and normalization as
+``/predict``; either may be wrapped in a named input (``{"image": {"b64": ...}}``, ``{"pixels": [...]}``).
+``:predict`` takes the row format (``instances``, answered with ``predictions``) or the columnar one
+(``inputs``, answered with ``outputs``); ``:classify`` takes ``examples`` and answers label/score pairs, highest
+first. Errors are ``{"error": "<message>"}``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+
+import numpy as np
+import orjson
+from flask import Blueprint, current_app, jsonify, request
+
+from service.errors import ClientError, InvalidTensor, NotFound, TooManyImages
+from service.inference import classify_images, classify_pixels
+from service.protocols.common import message_error_body, served_model
+from service.registry import LoadedModel
+
+NAME = "tf_serving"
+PATH_PREFIX = "/v1/"
+SIGNATURE = "serving_default"
+INPUT_NAMES = ("image", "pixels")
+OUTPUT = "probabilities"
+
+blueprint = Blueprint("tf_serving", __name__, url_prefix="/v1/models")
+
+
+error_body = message_error_body
+
+
+class InvalidRequest(ClientError):
+    code = "invalid_request"
+
+
+# --- decoding a request -------------------------------------------------------------------------------------
+
+def parse_body(body: bytes) -> dict:
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(f"the request is not valid JSON: {exc}") from None
+    if not isinstance(document, dict):
+        raise InvalidRequest("the request must be a JSON object")
+    signature = document.get("signature_name", SIGNATURE)
+    if signature != SIGNATURE:
+        raise InvalidRequest(f"unknown signature_name {signature!r}; the model has '{SIGNATURE}'")
+    return document
+
+
+def predict_items(document: dict) -> tuple[list, str]:
+    """The instances of a ``:predict`` request, and its format: "row" (``instances``) or "columnar" (``inputs``)."""
+    if ("instances" in document) == ("inputs" in document):
+        raise InvalidRequest("send exactly one of 'instances' (row format) or 'inputs' (columnar format)")
+    if "instances" in document:
+        return _batch(document["instances"], "instances"), "row"
+    inputs = document["inputs"]
+    if isinstance(inputs, dict):
+        inputs = _unwrap_named(inputs, "inputs")
+    return _batch(inputs, "inputs"), "columnar"
+
+
+def _batch(items, where: str) -> list:
+    if not isinstance(items, list) or not items:
+        raise InvalidRequest(f"'{where}' must be a non-empty list, one item per image")
+    return items
+
+
+def _unwrap_named(item: dict, where: str):
+    """``{"image": value}`` or ``{"pixels": value}`` -> value; ``{"b64": ...}`` stays as it is."""
+    if "b64" in item:
+        return item
+    if len(item) != 1 or next(iter(item)) not in INPUT_NAMES:
+        raise InvalidRequest(f"{where}: name one input, 'image' ({{\"b64\": ...}}) or 'pixels' (an array), "
+                             f"not {sorted(item)}")
+    return next(iter(item.values()))
+
+
+def decode_instances(items: list, max_images: int) -> np.ndarray | list[bytes]:
+    """Every instance an encoded image (``{"b64": ...}``) -> their bytes; every instance pixels -> one array."""
+    if len(items) > max_images:
+        raise TooManyImages(f"{len(items)} images in one request, more than {max_images} (MAX_IMAGES_PER_REQUEST)")
+    items = [_unwrap_named(item, "an instance") if isinstance(item, dict) else item for item in items]
+    images = [isinstance(item, dict) for item in items]
+    if all(images):
+        return [_b64(item) for item in items]
+    if any(images):
+        raise InvalidRequest("instances must be all encoded images ({\"b64\": ...}) or all pixel arrays")
+    try:
+        return np.asarray(items, dtype=np.float32)
+    except (ValueError, TypeError):
+        raise InvalidTensor("pixel instances must be arrays of numbers, all of the model's input shape") from None
+
+
+def _b64(item: dict) -> bytes:
+    if set(item) != {"b64"} or not isinstance(item["b64"], str):
+        raise InvalidRequest('an encoded image is {"b64": "<the file in base64>"}, with nothing else')
+    try:
+        return base64.b64decode(item["b64"], validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidRequest("'b64' is not valid base64") from None
+
+
+def run(model: LoadedModel, items: list) -> np.ndarray:
+    settings = current_app.extensions["settings"]
+    decoded = decode_instances(items, settings.max_images_per_request)
+    if isinstance(decoded, list):
+        return classify_images(model, decoded, settings.max_image_pixels)
+    return classify_pixels(model, decoded)
+
+
+# --- responses ----------------------------------------------------------------------------------------------
+
+def model_status(model: LoadedModel) -> dict:
+    return {"model_version_status": [{"version": str(model.version), "state": "AVAILABLE",
+                                      "status": {"error_code": "OK", "error_message": ""}}]}
+
+
+def _tensor_info(name: str, dtype: str, shape: list[int]) -> dict:
+    return {"dtype": dtype, "tensor_shape": {"dim": [{"size": str(n), "name": ""} for n in shape],
+                                             "unknown_rank": False}, "name": name}
+
+
+def model_metadata(model: LoadedModel) -> dict:
+    signature = {
+        "inputs": {"image": _tensor_info("image", "DT_STRING", [-1]),
+                   "pixels": _tensor_info("pixels", "DT_FLOAT", [-1, *model.input_spec.shape])},
+        "outputs": {OUTPUT: _tensor_info(OUTPUT, "DT_FLOAT", [-1, len(model.classes)])},
+        "method_name": "tensorflow/serving/predict",
+    }
+    return {"model_spec": {"name": model.name, "signature_name": "", "version": str(model.version)},
+            "metadata": {"signature_def": {"signature_def": {SIGNATURE: signature}}}}
+
+
+def classify_result(model: LoadedModel, probabilities: np.ndarray) -> list:
+    """Per instance, every class as ``[label, score]``, highest score first."""
+    return [[[model.classes[i], float(row[i])] for i in np.argsort(-row, kind="stable")] for row in probabilities]
+
+
+# --- the endpoints ------------------------------------------------------------------------------------------
+
+@blueprint.get("/<name>")
+@blueprint.get("/<name>/versions/<version>")
+def status(name: str, version: str | None = None):
+    return jsonify(model_status(served_model(name, version)))
+
+
+@blueprint.get("/<name>/metadata")
+@blueprint.get("/<name>/versions/<version>/metadata")
+def metadata(name: str, version: str | None = None):
+    return jsonify(model_metadata(served_model(name, version)))
+
+
+@blueprint.post("/<target>")
+@blueprint.post("/<name>/versions/<target>")
+def call(target: str, name: str | None = None):
+    """``<model>:predict`` / ``<model>:classify``, or the same after ``/versions/<version>``."""
+    head, _, verb = target.rpartition(":")
+    name, version = (head, None) if name is None else (name, head)
+    if not head or verb not in ("predict", "classify"):
+        raise NotFound(f"no such endpoint; POST /v1/models/<model>[/versions/<version>]:predict or :classify")
+    model = served_model(name, version)
+    document = parse_body(request.get_data(cache=False))
+    if verb == "classify":
+        examples = _batch(document.get("examples"), "examples")
+        return jsonify({"result": classify_result(model, run(model, examples))})
+    items, layout = predict_items(document)
+    probabilities = run(model, items).tolist()
+    return jsonify({"predictions": probabilities} if layout == "row" else {"outputs": probabilities})

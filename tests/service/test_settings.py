@@ -27,3 +27,59 @@ def test_values_are_read_and_typed_from_the_environment():
 def test_bad_values_name_the_variable(environ, message):
     with pytest.raises(ValueError, match=message):
         Settings.from_env(environ)
+
+
+def test_the_front_door_defaults_and_worker_class():
+    settings = Settings.from_env({})
+    assert (settings.workers, settings.worker_class, settings.worker_connections) == (2, "gevent", 1000)
+    assert settings.gunicorn_worker_class == "service.worker.ServiceWorker"
+    assert (settings.header_timeout_seconds, settings.body_timeout_seconds, settings.keepalive_seconds) == (10, 30, 65)
+    assert (settings.drain_seconds, settings.graceful_timeout_seconds, settings.worker_timeout_seconds) == (5, 20, 30)
+    assert Settings.from_env({"WORKER_CLASS": "sync"}).gunicorn_worker_class == "sync"
+
+
+def test_the_front_door_settings_are_read_from_the_environment():
+    settings = Settings.from_env({"WEB_CONCURRENCY": "4", "WORKER_CONNECTIONS": "50", "HEADER_TIMEOUT_SECONDS": "2.5",
+                                  "BODY_TIMEOUT_SECONDS": "7", "KEEPALIVE_SECONDS": "75", "DRAIN_SECONDS": "0",
+                                  "GRACEFUL_TIMEOUT_SECONDS": "3", "WORKER_TIMEOUT_SECONDS": "60"})
+    assert (settings.workers, settings.worker_connections) == (4, 50)
+    assert (settings.header_timeout_seconds, settings.body_timeout_seconds, settings.keepalive_seconds) == (2.5, 7, 75)
+    assert (settings.drain_seconds, settings.graceful_timeout_seconds, settings.worker_timeout_seconds) == (0, 3, 60)
+
+
+@pytest.mark.parametrize("environ, message", [
+    ({"WORKER_CLASS": "tornado"}, "WORKER_CLASS must be one of gevent, sync"),
+    ({"WEB_CONCURRENCY": "0"}, "WEB_CONCURRENCY must be at least 1"),
+    ({"WORKER_CONNECTIONS": "0"}, "WORKER_CONNECTIONS must be at least 1"),
+    ({"HEADER_TIMEOUT_SECONDS": "0"}, "HEADER_TIMEOUT_SECONDS must be positive"),
+    ({"BODY_TIMEOUT_SECONDS": "-1"}, "BODY_TIMEOUT_SECONDS must be positive"),
+    ({"KEEPALIVE_SECONDS": "0"}, "KEEPALIVE_SECONDS must be positive"),
+    ({"GRACEFUL_TIMEOUT_SECONDS": "0"}, "GRACEFUL_TIMEOUT_SECONDS must be positive"),
+    ({"WORKER_TIMEOUT_SECONDS": "0"}, "WORKER_TIMEOUT_SECONDS must be positive"),
+    ({"DRAIN_SECONDS": "-1"}, "DRAIN_SECONDS must not be negative"),
+    ({"KEEPALIVE_SECONDS": "long"}, "KEEPALIVE_SECONDS='long' is not a valid float"),
+])
+def test_bad_front_door_values_name_the_variable(environ, message):
+    with pytest.raises(ValueError, match=message):
+        Settings.from_env(environ)
+
+
+def test_the_gunicorn_config_takes_every_front_door_setting_from_the_environment(monkeypatch, tmp_path):
+    import runpy
+
+    for name, value in {"WEB_CONCURRENCY": "3", "WORKER_CONNECTIONS": "77", "KEEPALIVE_SECONDS": "4.2",
+                        "WORKER_TIMEOUT_SECONDS": "45", "DRAIN_SECONDS": "1.5", "GRACEFUL_TIMEOUT_SECONDS": "10",
+                        "PORT": "9123", "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics")}.items():
+        monkeypatch.setenv(name, value)
+    config = runpy.run_path(str(Path(__file__).resolve().parents[2] / "service" / "gunicorn.conf.py"))
+    assert (config["workers"], config["worker_connections"], config["keepalive"], config["timeout"]) == (3, 77, 5, 45)
+    assert config["graceful_timeout"] == 12 and config["bind"] == "127.0.0.1:9123"
+    assert config["worker_class"] == "service.worker.ServiceWorker"
+
+
+def test_every_setting_is_in_the_documented_configuration_table():
+    from service.settings import ENVIRONMENT
+
+    operations = (Path(__file__).resolve().parents[2] / "docs" / "operations.md").read_text()
+    missing = [variable for variable in ENVIRONMENT.values() if f"| `{variable}` |" not in operations]
+    assert missing == []

@@ -41,6 +41,17 @@ def multipart(images: list[bytes], content_type: str) -> bytes:
 MULTIPART_TYPE = f"multipart/form-data; boundary={BOUNDARY}"
 
 
+def v2_binary_request(path: str, image: bytes) -> Request:
+    """KServe V2 with binary tensor data: one encoded image in the BYTES input ``image`` (shape [1, 1], as a
+    batching Triton model takes it), the output ``probabilities`` asked for as binary."""
+    header = json.dumps({"inputs": [{"name": "image", "shape": [1, 1], "datatype": "BYTES",
+                                     "parameters": {"binary_data_size": len(image) + 4}}],
+                         "outputs": [{"name": "probabilities", "parameters": {"binary_data": True}}]}).encode()
+    return Request(path, {"Content-Type": "application/octet-stream",
+                          "Inference-Header-Content-Length": str(len(header))},
+                   header + struct.pack("<I", len(image)) + image)
+
+
 @dataclass(frozen=True)
 class Request:
     path: str
@@ -96,14 +107,7 @@ class Peer:
 
     def request(self, image: bytes, content_type: str) -> Request:
         if self.key == "triton":
-            header = json.dumps({
-                "inputs": [{"name": "image", "shape": [1, 1], "datatype": "BYTES",
-                            "parameters": {"binary_data_size": len(image) + 4}}],
-                "outputs": [{"name": "probabilities", "parameters": {"binary_data": True}}]}).encode()
-            return Request("/v2/models/classifier/infer",
-                           {"Content-Type": "application/octet-stream",
-                            "Inference-Header-Content-Length": str(len(header))},
-                           header + struct.pack("<I", len(image)) + image)
+            return v2_binary_request("/v2/models/classifier/infer", image)
         if self.key == "mlserver":
             body = json.dumps({"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES",
                                            "data": [base64.b64encode(image).decode()],

@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from peers import MULTIPART_TYPE, PEERS, PeerServer, Request, multipart  # noqa: E402
+from peers import MULTIPART_TYPE, PEERS, PeerServer, Request, multipart, v2_binary_request  # noqa: E402
 
 
 def free_port() -> int:
@@ -381,16 +381,6 @@ def request_path_part(args, images, workdir: Path) -> tuple[dict, dict]:
     return summary
 
 
-def v2_binary_request(model: str, image: bytes) -> Request:
-    """KServe V2 with binary tensor data: one encoded image in the BYTES input, binary probabilities back."""
-    header = json.dumps({"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES",
-                                     "parameters": {"binary_data_size": len(image) + 4}}],
-                         "outputs": [{"name": "probabilities", "parameters": {"binary_data": True}}]}).encode()
-    return Request(f"/v2/models/{model}/infer", {"Content-Type": "application/octet-stream",
-                                                 "Inference-Header-Content-Length": str(len(header))},
-                   header + len(image).to_bytes(4, "little") + image)
-
-
 def tf_serving_request(model: str, image: bytes) -> Request:
     body = json.dumps({"instances": [{"b64": base64.b64encode(image).decode()}]}).encode()
     return Request(f"/v1/models/{model}:predict", {"Content-Type": "application/json"}, body)
@@ -402,7 +392,7 @@ def protocols_part(args, images, workdir: Path) -> dict:
     blobs, kind, _ = images[name]
     server = Server(None, args.workers, args.models_dir)
     requests = {"native /predict": service_requests(blobs, kind, 1),
-                "KServe V2 binary": [v2_binary_request(name, image) for image in blobs],
+                "KServe V2 binary": [v2_binary_request(f"/v2/models/{name}/infer", image) for image in blobs],
                 "TF Serving b64": [tf_serving_request(name, image) for image in blobs]}
     listings = {label: write_requests(workdir, f"protocol-{i}", batch) for i, (label, batch) in enumerate(requests.items())}
     paths = {label: batch[0].path + (f"?model={name}" if label.startswith("native") else "")

@@ -107,14 +107,15 @@ def test_each_peers_request_carries_the_image_in_its_own_format():
 
 
 def test_the_protocol_requests_of_the_benchmark_are_answered_like_predict(fashion):
-    from bench.run import tf_serving_request, v2_binary_request
+    from bench.peers import v2_binary_request
+    from bench.run import tf_serving_request
     from service.app import create_app
     from tests.conftest import png_bytes
 
     client = create_app(watch=False).test_client()
     image = png_bytes(fashion.x_test[0])
     expected = client.post("/predict", data=image, content_type="image/png").json["predictions"][0]["probabilities"]
-    v2 = v2_binary_request("fashion_mnist", image)
+    v2 = v2_binary_request("/v2/models/fashion_mnist/infer", image)
     response = client.post(v2.path, data=v2.body, headers=v2.headers)
     size = int(response.headers["Inference-Header-Content-Length"])
     assert np.frombuffer(response.data[size:], "<f4").tolist() == np.float32(expected).tolist()

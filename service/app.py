@@ -38,7 +38,7 @@ def create_app(settings: Settings | None = None, watch: bool = True) -> Flask:
     app.register_blueprint(api)
     for protocol in PROTOCOLS:
         app.register_blueprint(protocol.blueprint)
-    register_error_handlers(app, {protocol.PATH_PREFIX: protocol.error_body for protocol in PROTOCOLS})
+    register_error_handlers(app, lambda path: protocol_of(path).error_body)
     _observe_requests(app)
     logging.getLogger("service").setLevel(logging.INFO)
     return app

@@ -7,7 +7,7 @@ protocols' ``{"error": "<message>"}``. The handlers here pick the shape by the r
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 
 from flask import Flask, jsonify, request
 
@@ -96,13 +96,11 @@ def error_body(code: str, message: str) -> dict:
 ErrorShape = Callable[[str, str], dict]  # (code, message) -> the JSON body
 
 
-def register_error_handlers(app: Flask, shapes: Mapping[str, ErrorShape] | None = None) -> None:
-    """Every error becomes JSON; ``shapes`` maps a path prefix ("/v2/") to its protocol's error body."""
-    shapes = dict(shapes or {})
+def register_error_handlers(app: Flask, shape_for: Callable[[str], ErrorShape] = lambda path: error_body) -> None:
+    """Every error becomes JSON, in the shape ``shape_for(request.path)`` gives (by default the native one)."""
 
     def render(code: str, message: str, status: int):
-        shape = next((shape for prefix, shape in shapes.items() if request.path.startswith(prefix)), error_body)
-        return jsonify(shape(code, message)), status
+        return jsonify(shape_for(request.path)(code, message)), status
 
     @app.errorhandler(ClientError)
     def client_error(error: ClientError):

@@ -8,6 +8,7 @@ from flask import Blueprint, Response, current_app, g, jsonify
 
 from service import metrics
 from service.errors import NotReady
+from service.protocols.common import ready_to_serve
 from service.registry import LoadedModel, ModelRegistry
 from service.settings import Settings
 
@@ -83,8 +84,8 @@ def healthz():
 @api.get("/readyz")
 def readyz():
     registry = _registry()
+    ready = ready_to_serve()
     draining = current_app.extensions["draining"].is_set()
-    ready = registry.ready and not draining
     models = {name: model.version for name, model in registry.snapshot().items()}
     body = {"status": "ready" if ready else "draining" if draining else "not_ready", "models": models}
     if registry.errors:

@@ -1,10 +1,15 @@
-"""What every protocol's handlers share: the served model a request names, and the standard error shape."""
+"""What every protocol's handlers share: readiness, the served model a request names, the standard error shape."""
 
 from __future__ import annotations
 
 from flask import current_app, g
 
 from service.registry import LoadedModel
+
+
+def ready_to_serve() -> bool:
+    """Models loaded and no drain under way: what every readiness endpoint answers."""
+    return current_app.extensions["model_registry"].ready and not current_app.extensions["draining"].is_set()
 
 
 def served_model(name: str, version: str | None = None) -> LoadedModel:

@@ -27,7 +27,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 
 from service.errors import ClientError, InvalidTensor, TooManyImages
 from service.inference import classify_images, classify_pixels
-from service.protocols.common import message_error_body, served_model
+from service.protocols.common import message_error_body, ready_to_serve, served_model
 from service.registry import LoadedModel
 
 NAME = "kserve_v2"
@@ -291,8 +291,7 @@ def live():
 
 @blueprint.get("/health/ready")
 def ready():
-    registry = current_app.extensions["model_registry"]
-    is_ready = registry.ready and not current_app.extensions["draining"].is_set()
+    is_ready = ready_to_serve()
     # The protocol answers readiness with the status alone: 200 true, a 4xx false.
     return jsonify({"ready": is_ready}), 200 if is_ready else 400
 

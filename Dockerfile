@@ -39,6 +39,7 @@ RUN useradd --create-home --uid 10001 app
 COPY --from=serve-venv /opt/venv /opt/venv
 WORKDIR /app
 COPY service ./service
+COPY docs ./docs
 COPY --chown=app:app models ./models
 ENV PATH=/opt/venv/bin:$PATH PYTHONPATH=/app PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 \
     HOST=0.0.0.0 PORT=8000 MODELS_DIR=/app/models PROMETHEUS_MULTIPROC_DIR=/tmp/metrics

@@ -13,6 +13,7 @@ from flask.json.provider import JSONProvider
 from service import metrics
 from service.errors import register_error_handlers
 from service.protocols import PROTOCOLS, protocol_of
+from service.pages import register_pages
 from service.registry import ModelRegistry
 from service.routes import api
 from service.settings import Settings
@@ -36,6 +37,7 @@ def create_app(settings: Settings | None = None, watch: bool = True) -> Flask:
         registry.start(settings.reload_interval_seconds)
 
     app.register_blueprint(api)
+    register_pages(app)
     for protocol in PROTOCOLS:
         app.register_blueprint(protocol.blueprint)
     register_error_handlers(app, lambda path: protocol_of(path).error_body)

@@ -154,3 +154,11 @@ def prepare_image(data: bytes, spec: InputSpec, max_pixels: int) -> np.ndarray:
     if pixels is None:
         return normalize_image(decode_image(data, max_pixels), spec)
     return normalize_pixels(pixels, spec)
+
+
+def encode_model_input(pixels: np.ndarray) -> bytes:
+    """One normalized input as a PNG of exactly the 8-bit values the model saw (each pixel x 255): what the page
+    and ``/predict?include=input`` show, since inversion, fitting and padding explain many answers."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.rint(pixels * 255).astype(np.uint8)).save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()

@@ -19,10 +19,16 @@ from service.registry import LoadedModel
 def classify_images(model: LoadedModel, images: list[bytes], max_pixels: int) -> np.ndarray:
     """Encoded image files (PNG, JPEG, ...) -> (len(images), classes) probabilities, through the same
     decoding and normalization as every upload."""
+    return classify_images_as_seen(model, images, max_pixels)[1]
+
+
+def classify_images_as_seen(model: LoadedModel, images: list[bytes],
+                            max_pixels: int) -> tuple[np.ndarray, np.ndarray]:
+    """Like ``classify_images``, also returning the batch the model saw: normalization explains many answers."""
     started = time.perf_counter()
     arrays = [prepare_image(data, model.input_spec, max_pixels) for data in images]
     batch = arrays[0][np.newaxis] if len(arrays) == 1 else np.stack(arrays)
-    return _predict(model, batch, started)
+    return batch, _predict(model, batch, started)
 
 
 def classify_pixels(model: LoadedModel, pixels: np.ndarray) -> np.ndarray:

@@ -9,6 +9,7 @@ fails any check is refused, logged and counted, and the old version stays.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -112,6 +113,19 @@ def read_pointer(models_dir: Path, name: str) -> int | None:
     except (FileNotFoundError, NotADirectoryError):
         return None
     return int(text) if text.isdigit() else None
+
+
+def read_history(models_dir: Path, name: str) -> list[dict]:
+    """A model's ``history.jsonl`` (written by ``training.publish``): every promotion, refusal and rollback, oldest
+    first. A torn last line, left by a crash mid-write, is skipped."""
+    path = Path(models_dir) / name / "history.jsonl"
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        with contextlib.suppress(json.JSONDecodeError):
+            records.append(json.loads(line))
+    return records
 
 
 class ModelRegistry:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import time
 
-from flask import Blueprint, Response, current_app, g, jsonify
+from flask import Blueprint, Response, current_app, g, jsonify, send_file
 
 from service import metrics
-from service.errors import NotReady
+from service.errors import NotFound, NotReady
 from service.protocols.common import ready_to_serve
-from service.registry import LoadedModel, ModelRegistry
+from service.registry import LoadedModel, ModelRegistry, read_history
 from service.settings import Settings
 
 api = Blueprint("api", __name__)
@@ -74,6 +74,32 @@ def show_model(name: str):
     if name in registry.errors:
         body["last_refused"] = registry.errors[name]
     return jsonify(body)
+
+
+# The model card's files a client may fetch: the plots and the card itself, never the weights.
+CARD_FILE_TYPES = {".png": "image/png", ".md": "text/markdown; charset=utf-8"}
+
+
+@api.get("/models/<name>/files/<filename>")
+def model_file(name: str, filename: str):
+    """A file of the served version's model card (``confusion_matrix.png``, ``learning_curves.png``, ...)."""
+    model = _registry().get(name)
+    g.model_label = model.name
+    suffix = filename[filename.rfind("."):] if "." in filename else ""
+    if filename not in model.metadata.get("files", {}) or suffix not in CARD_FILE_TYPES:
+        card_files = [f for f in model.metadata.get("files", {}) if f[f.rfind("."):] in CARD_FILE_TYPES]
+        raise NotFound(f"{name} v{model.version} has no card file {filename!r}; it has {', '.join(card_files)}")
+    return send_file((model.path / filename).resolve(), mimetype=CARD_FILE_TYPES[suffix], max_age=3600)
+
+
+@api.get("/models/<name>/history")
+def model_history(name: str):
+    """Every promotion, refusal and rollback of the model, newest first."""
+    registry = _registry()
+    model = registry.get(name)
+    g.model_label = model.name
+    return jsonify({"model": model.name, "current_version": model.version,
+                    "events": read_history(registry.models_dir, model.name)[::-1]})
 
 
 @api.get("/healthz")

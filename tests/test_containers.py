@@ -68,6 +68,10 @@ def test_images_build_and_the_compose_stack_serves_and_retrains(fashion, fashion
         assert response.json()["predictions"][0]["top"][0]["label"] == "Ankle boot"
         families = {f.name: f for f in text_string_to_metric_families(requests.get(url + "/metrics").text)}
         assert "classifier_http_requests" in families and "classifier_model_info" in families
+        # The page, the API description, Swagger UI's files and the guides come with the image, not from a CDN.
+        for path in ("/", "/static/app.js", "/openapi.json", "/docs/", "/docs/swagger-ui-bundle.js",
+                     "/guides/operations.md"):
+            assert requests.get(url + path, timeout=10).status_code == 200, path
 
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:

@@ -177,17 +177,6 @@ def append_history(models_dir: Path, name: str, record: dict) -> None:
         os.close(fd)
 
 
-def read_history(models_dir: Path, name: str) -> list[dict]:
-    path = model_dir(models_dir, name) / HISTORY_FILE
-    if not path.is_file():
-        return []
-    records = []
-    for line in path.read_text().splitlines():
-        with contextlib.suppress(json.JSONDecodeError):  # a torn last line from a crash is skipped
-            records.append(json.loads(line))
-    return records
-
-
 def prune_versions(models_dir: Path, name: str, keep: int) -> list[int]:
     """Delete all but the newest ``keep`` versions; the current version is never deleted."""
     if keep < 1:

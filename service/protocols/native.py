@@ -1,13 +1,19 @@
-"""The native protocol: ``POST /predict`` with multipart or raw image uploads, answered with top-k JSON."""
+"""The native protocol: ``POST /predict`` with multipart or raw image uploads, answered with top-k JSON.
+
+``include=input`` adds each image as the model saw it, a base64 PNG of the normalized pixels.
+"""
 
 from __future__ import annotations
+
+import base64
 
 import numpy as np
 from flask import Blueprint, current_app, jsonify, request
 
 from service import errors
 from service.errors import InvalidParameter
-from service.inference import classify_images
+from service.images import encode_model_input
+from service.inference import classify_images_as_seen
 from service.protocols.common import served_model
 from service.registry import LoadedModel
 from service.uploads import read_uploads
@@ -26,17 +32,41 @@ def parse_top_k(raw: str | None, model: LoadedModel, default: int) -> int:
     return int(raw)
 
 
-def prediction_body(model: LoadedModel, probabilities: np.ndarray, top_k: int) -> dict:
+INCLUDE_OPTIONS = ("input",)
+
+
+def parse_include(raw: str | None) -> set[str]:
+    """``include=input`` (comma-separated, for options to come) -> the set of extras to add to each prediction."""
+    if not raw:
+        return set()
+    options = set(raw.split(","))
+    unknown = options - set(INCLUDE_OPTIONS)
+    if unknown:
+        raise InvalidParameter(f"include takes {', '.join(INCLUDE_OPTIONS)}; not {', '.join(sorted(unknown))}")
+    return options
+
+
+def prediction_body(model: LoadedModel, probabilities: np.ndarray, top_k: int,
+                    inputs: np.ndarray | None = None) -> dict:
     classes = model.classes
     results = []
-    for row in probabilities:
+    for position, row in enumerate(probabilities):
         order = np.argsort(-row, kind="stable")[:top_k]
         values = row.tolist()
-        results.append({
+        result = {
             "top": [{"label": classes[i], "index": int(i), "probability": values[i]} for i in order],
             "probabilities": values,
-        })
+        }
+        if inputs is not None:
+            result["input"] = input_body(inputs[position])
+        results.append(result)
     return {"model": model.name, "version": model.version, "predictions": results}
+
+
+def input_body(pixels: np.ndarray) -> dict:
+    height, width = pixels.shape[:2]
+    return {"width": width, "height": height, "mode": "L" if pixels.ndim == 2 else "RGB",
+            "png_base64": base64.b64encode(encode_model_input(pixels)).decode()}
 
 
 @blueprint.post("/predict")
@@ -44,6 +74,7 @@ def predict():
     settings = current_app.extensions["settings"]
     model = served_model(request.args.get("model", settings.default_model))
     top_k = parse_top_k(request.args.get("top_k"), model, settings.default_top_k)
+    include = parse_include(request.args.get("include"))
     uploads = read_uploads(request, settings.max_images_per_request, settings.max_upload_bytes)
-    probabilities = classify_images(model, uploads, settings.max_image_pixels)
-    return jsonify(prediction_body(model, probabilities, top_k))
+    inputs, probabilities = classify_images_as_seen(model, uploads, settings.max_image_pixels)
+    return jsonify(prediction_body(model, probabilities, top_k, inputs if "input" in include else None))

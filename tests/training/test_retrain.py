@@ -9,7 +9,8 @@ import pytest
 
 from tests.conftest import ROOT
 from training.pipeline import make_config, train_and_publish
-from training.publish import current_version, list_versions, read_history
+from service.registry import read_history
+from training.publish import current_version, list_versions
 from training.retrain import decide_promotion, retrain, rollback
 from training.schedule import RetrainScheduler, ScheduleSettings, parse_interval
 

@@ -1,0 +1,352 @@
+"""The OpenAPI 3.1 description of every endpoint, served at ``/openapi.json`` and rendered at ``/docs``.
+
+Written beside the code rather than inferred from it, and kept from drifting by the tests: every Flask route
+must appear here with its methods and every path here must be a route (``tests/service/test_openapi.py``), the
+document must validate, and schemathesis checks the live server's answers against it (status codes, content
+types, response schemas). Error codes are read from ``service.errors``, so a new error class shows up here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+
+import numpy as np
+
+from service import errors
+from service.protocols import kserve_v2, tf_serving
+
+JSON = "application/json"
+NATIVE, V2, TF, OPS = "native", "KServe V2", "TensorFlow Serving", "operations"
+
+
+def ref(name: str) -> dict:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def json_response(description: str, schema: dict) -> dict:
+    return {"description": description, "content": {JSON: {"schema": schema}}}
+
+
+def error_codes() -> list[str]:
+    """Every ``code`` a native error body can carry: the client errors' own and the ones routing produces."""
+    codes = set(errors.HTTP_CODES.values())
+    pending = [errors.ClientError]
+    while pending:
+        cls = pending.pop()
+        codes.add(cls.code)
+        pending.extend(cls.__subclasses__())
+    return sorted(codes)
+
+
+# Which statuses an operation may answer besides 200, by kind of operation.
+LOOKUP_ERRORS = (404,)
+UPLOAD_ERRORS = (400, 404, 408, 413, 415, 422, 503)
+TENSOR_ERRORS = (400, 404, 408, 413, 422, 503)
+ERROR_MEANINGS = {
+    400: "The request is malformed: see the message.",
+    404: "No such model, version or URL.",
+    408: "The request's headers or body arrived too slowly (HEADER_TIMEOUT_SECONDS, BODY_TIMEOUT_SECONDS).",
+    413: "The body is larger than MAX_UPLOAD_BYTES.",
+    415: "Not multipart or an image, or an image format that is not supported.",
+    422: "The image has more pixels than MAX_IMAGE_PIXELS.",
+    503: "Models are still loading.",
+}
+
+
+def error_responses(statuses: tuple[int, ...], schema: str) -> dict:
+    return {str(status): json_response(ERROR_MEANINGS[status], ref(schema)) for status in statuses}
+
+
+def operation(tag: str, summary: str, responses: dict, *, parameters: list | None = None,
+              body: dict | None = None, description: str | None = None) -> dict:
+    op = {"tags": [tag], "summary": summary, "responses": responses}
+    if description:
+        op["description"] = description
+    if parameters:
+        op["parameters"] = parameters
+    if body:
+        op["requestBody"] = body
+    return op
+
+
+def path_param(name: str, description: str) -> dict:
+    return {"name": name, "in": "path", "required": True, "description": description, "schema": {"type": "string"}}
+
+
+@dataclass(frozen=True)
+class Example:
+    """A served model to fill the document's examples with, so that a reader (and schemathesis) starts from a
+    request that works."""
+
+    name: str = "fashion_mnist"
+    version: int = 1
+    shape: tuple[int, ...] = (28, 28)
+
+    def pixels(self) -> list:
+        """An all-black image of the model's input shape, as nested lists."""
+        return np.zeros(self.shape, dtype=np.float32).tolist()
+
+
+def model_params(example: Example, versioned: bool = False) -> list[dict]:
+    params = [{**path_param("name", "A served model: `fashion_mnist` or `cifar10` as shipped."),
+               "example": example.name}]
+    if versioned:
+        params.append({**path_param("version", "The served version's number; any other version answers 404."),
+                       "example": str(example.version)})
+    return params
+
+
+def native_paths(example: Example) -> dict:
+    model = model_params(example)[0]
+    predict_parameters = [
+        {"name": "model", "in": "query", "description": "Which model answers (default `DEFAULT_MODEL`).",
+         "schema": {"type": "string"}, "example": example.name},
+        {"name": "top_k", "in": "query", "description": "How many classes to list in `top` (default "
+         "`DEFAULT_TOP_K`), from 1 to the model's number of classes.", "schema": {"type": "integer", "minimum": 1}},
+        {"name": "include", "in": "query", "description": "`input` adds each image as the model saw it after "
+         "normalization: a PNG of the 28x28 or 32x32 pixels.", "schema": {"type": "string", "enum": ["input"]}},
+    ]
+    image_file = {"type": "string", "contentMediaType": "application/octet-stream"}
+    upload = {"required": True, "description": "The image as multipart field `image` (repeat the field for "
+              "several images) or as the raw body. PNG, JPEG, GIF, BMP, WebP or TIFF.",
+              "content": {"multipart/form-data": {"schema": {
+                  "type": "object", "required": ["image"],
+                  "properties": {"image": {"type": "array", "items": image_file, "minItems": 1}}}},
+                  "image/png": {"schema": image_file}, "image/jpeg": {"schema": image_file},
+                  "application/octet-stream": {"schema": image_file}}}
+    return {
+        "/predict": {"post": operation(
+            NATIVE, "Classify one or several uploaded images",
+            {"200": json_response("One prediction per image, in upload order.", ref("Prediction")),
+             **error_responses(UPLOAD_ERRORS, "Error")},
+            parameters=predict_parameters, body=upload,
+            description="Each image is decoded, oriented, converted to the model's color mode, inverted if it "
+                        "shows a light background (Fashion-MNIST), fitted and padded to the input size and "
+                        "scaled to [0, 1]; see `/models/{name}` → `preprocessing`.")},
+        "/healthz": {"get": operation(OPS, "Liveness: 200 while the process runs",
+                                      {"200": json_response("Alive.", ref("Health"))})},
+        "/readyz": {"get": operation(OPS, "Readiness: 200 once models are loaded, 503 before and while draining",
+                                     {"200": json_response("Ready to serve.", ref("Readiness")),
+                                      "503": json_response("Loading or draining.", ref("Readiness"))})},
+        "/models": {"get": operation(NATIVE, "Every served model, in brief",
+                                     {"200": json_response("The served models.", ref("ModelList")),
+                                      **error_responses((503,), "Error")})},
+        "/models/{name}": {"get": operation(
+            NATIVE, "One model in full: classes, input, preprocessing, test metrics, training",
+            {"200": json_response("The model's card as data.", ref("ModelDetail")),
+             **error_responses(LOOKUP_ERRORS, "Error")}, parameters=[model])},
+        "/models/{name}/history": {"get": operation(
+            NATIVE, "The model's promotions, refusals and rollbacks, newest first",
+            {"200": json_response("The version history.", ref("History")),
+             **error_responses(LOOKUP_ERRORS, "Error")}, parameters=[model])},
+        "/models/{name}/files/{filename}": {"get": operation(
+            NATIVE, "A file of the served version's model card",
+            {"200": {"description": "The file.", "content": {
+                "image/png": {"schema": {"type": "string", "contentMediaType": "image/png"}},
+                "text/markdown": {"schema": {"type": "string"}}}},
+             **error_responses(LOOKUP_ERRORS, "Error")},
+            parameters=[model, {**path_param("filename", "`confusion_matrix.png`, `learning_curves.png` or "
+                                                         "`MODEL_CARD.md`."), "example": "confusion_matrix.png"}])},
+        "/metrics": {"get": operation(OPS, "Prometheus metrics, text exposition format", {"200": {
+            "description": "The metrics of every worker.",
+            "content": {"text/plain": {"schema": {"type": "string"}}}}})},
+        "/openapi.json": {"get": operation(OPS, "This document", {"200": json_response(
+            "The OpenAPI 3.1 description.", {"type": "object"})})},
+        "/": {"get": operation(OPS, "The web page: classify dropped images, see the model card", {"200": {
+            "description": "HTML.", "content": {"text/html": {"schema": {"type": "string"}}}}})},
+        "/docs/": {"get": operation(OPS, "Interactive API docs (Swagger UI, served locally)", {"200": {
+            "description": "HTML.", "content": {"text/html": {"schema": {"type": "string"}}}}})},
+        "/guides/{name}": {"get": operation(OPS, "A guide from docs/, as Markdown", {
+            "200": {"description": "The guide.", "content": {"text/markdown": {"schema": {"type": "string"}}}},
+            **error_responses(LOOKUP_ERRORS, "Error")},
+            parameters=[{**path_param("name", "`api.md`, `operations.md`, `training.md`, `performance.md` or "
+                                              "`architecture.md`."), "example": "api.md"}])},
+    }
+
+
+def both_versions(prefix: str, suffix: str, op: dict, example: Example, method: str = "get") -> dict:
+    """The path without a version (the served one) and with ``/versions/{version}``."""
+    return {f"{prefix}/{{name}}{suffix}": {method: {**op, "parameters": model_params(example)}},
+            f"{prefix}/{{name}}/versions/{{version}}{suffix}": {
+                method: {**op, "parameters": model_params(example, versioned=True)}}}
+
+
+def kserve_v2_paths(example: Example) -> dict:
+    def both(suffix: str, op: dict, method: str = "get") -> dict:
+        return both_versions("/v2/models", suffix, op, example, method)
+
+    infer_body = {"required": True, "description": "JSON, or with the binary tensor data extension a JSON header "
+                  "(its length in the `Inference-Header-Content-Length` header) followed by the tensors' bytes.",
+                  "content": {JSON: {"schema": ref("V2InferRequest"), "example": {"inputs": [{
+                      "name": kserve_v2.PIXELS_INPUT, "datatype": "FP32", "shape": [1, *example.shape],
+                      "data": example.pixels()}]}},
+                              "application/octet-stream": {"schema": {"type": "string",
+                                                                      "contentMediaType": "application/octet-stream"}}}}
+    infer_ok = {"description": "The probabilities, or the top classes with the classification extension.",
+                "content": {JSON: {"schema": ref("V2InferResponse")},
+                            "application/octet-stream": {"schema": {"type": "string"}}}}
+    return {
+        "/v2": {"get": operation(V2, "Server metadata", {"200": json_response("Name, version, extensions.",
+                                                                               ref("V2ServerMetadata"))})},
+        "/v2/health/live": {"get": operation(V2, "Server liveness", {"200": json_response(
+            "Alive.", {"type": "object", "properties": {"live": {"type": "boolean"}}})})},
+        "/v2/health/ready": {"get": operation(V2, "Server readiness (400 when not ready, as the protocol says)", {
+            "200": json_response("Ready.", ref("V2Ready")), "400": json_response("Not ready.", ref("V2Ready"))})},
+        **both("", operation(V2, "Model metadata: inputs and outputs",
+                             {"200": json_response("The model's tensors.", ref("V2ModelMetadata")),
+                              **error_responses(LOOKUP_ERRORS, "MessageError")})),
+        **both("/ready", operation(V2, "Model readiness", {
+            "200": json_response("Loaded.", {"type": "object", "required": ["name", "ready"],
+                                             "properties": {"name": {"type": "string"},
+                                                            "ready": {"type": "boolean"}}}),
+            **error_responses(LOOKUP_ERRORS, "MessageError")})),
+        **both("/infer", operation(V2, "Inference: FP32 `pixels` or BYTES `image` in, `probabilities` out",
+                                   {"200": infer_ok, **error_responses(TENSOR_ERRORS, "MessageError")},
+                                   body=infer_body), method="post"),
+    }
+
+
+def tf_serving_paths(example: Example) -> dict:
+    def both(suffix: str, op: dict, method: str = "get") -> dict:
+        return both_versions("/v1/models", suffix, op, example, method)
+
+    def call(schema: str, result: str, summary: str, items: str) -> dict:
+        return operation(TF, summary, {"200": json_response("One result per instance.", ref(result)),
+                                       **error_responses(TENSOR_ERRORS, "MessageError")},
+                         body={"required": True, "content": {JSON: {"schema": ref(schema),
+                                                                    "example": {items: [example.pixels()]}}}})
+
+    return {
+        **both("", operation(TF, "Model status", {"200": json_response("The served version.", ref("TFStatus")),
+                                                  **error_responses(LOOKUP_ERRORS, "MessageError")})),
+        **both("/metadata", operation(TF, "Model metadata: the signature", {
+            "200": json_response("The serving_default signature.", {"type": "object"}),
+            **error_responses(LOOKUP_ERRORS, "MessageError")})),
+        **both(":predict", call("TFPredictRequest", "TFPredictResponse",
+                                "Predict, row (`instances`) or columnar (`inputs`) format", "instances"),
+               method="post"),
+        **both(":classify", call("TFClassifyRequest", "TFClassifyResponse",
+                                 "Classify: every class as [label, score], highest first", "examples"),
+               method="post"),
+    }
+
+
+def schemas() -> dict:
+    number_list = {"type": "array", "items": {"type": "number"}}
+    tensor = {"type": "object", "required": ["name", "datatype", "shape"], "properties": {
+        "name": {"type": "string"}, "datatype": {"type": "string"},
+        "shape": {"type": "array", "items": {"type": "integer"}},
+        "parameters": {"type": "object"}, "data": {"type": "array"}}}
+    b64 = {"type": "object", "required": ["b64"], "properties": {"b64": {"type": "string",
+                                                                         "contentEncoding": "base64"}}}
+    instance = {"oneOf": [b64, {"type": "array"}, {"type": "object"}]}
+    return {
+        "Error": {"type": "object", "required": ["error"], "properties": {"error": {
+            "type": "object", "required": ["code", "message"],
+            "properties": {"code": {"type": "string", "enum": error_codes()}, "message": {"type": "string"}}}}},
+        "MessageError": {"type": "object", "required": ["error"], "description": "The standard protocols' error.",
+                         "properties": {"error": {"type": "string"}}},
+        "Prediction": {"type": "object", "required": ["model", "version", "predictions"], "properties": {
+            "model": {"type": "string"}, "version": {"type": "integer"},
+            "predictions": {"type": "array", "items": {"type": "object", "required": ["top", "probabilities"],
+                                                       "properties": {
+                "top": {"type": "array", "items": {"type": "object", "required": ["label", "index", "probability"],
+                                                   "properties": {"label": {"type": "string"},
+                                                                  "index": {"type": "integer"},
+                                                                  "probability": {"type": "number"}}}},
+                "probabilities": {**number_list, "description": "The softmax over every class, in index order."},
+                "input": {"type": "object", "description": "With `include=input`: the image as the model saw it.",
+                          "required": ["width", "height", "mode", "png_base64"], "properties": {
+                              "width": {"type": "integer"}, "height": {"type": "integer"},
+                              "mode": {"type": "string", "enum": ["L", "RGB"]},
+                              "png_base64": {"type": "string", "contentEncoding": "base64",
+                                             "contentMediaType": "image/png"}}}}}}}},
+        "Health": {"type": "object", "required": ["status"], "properties": {"status": {"type": "string"}}},
+        "Readiness": {"type": "object", "required": ["status", "models"], "properties": {
+            "status": {"type": "string", "enum": ["ready", "not_ready", "draining"]},
+            "models": {"type": "object", "additionalProperties": {"type": "integer"}},
+            "refused": {"type": "object", "additionalProperties": {"type": "string"}}}},
+        "ModelSummary": {"type": "object", "required": ["name", "version", "classes", "input", "preprocessing",
+                                                        "metrics"], "properties": {
+            "name": {"type": "string"}, "version": {"type": "integer"}, "runtime": {"type": "string"},
+            "classes": {"type": "array", "items": {"type": "string"}}, "input": {"type": "object"},
+            "preprocessing": {"type": "object"}, "metrics": {"type": "object"}}},
+        "ModelList": {"type": "object", "required": ["default_model", "models"], "properties": {
+            "default_model": {"type": "string"}, "models": {"type": "array", "items": ref("ModelSummary")}}},
+        "ModelDetail": {"allOf": [ref("ModelSummary"), {"type": "object", "required": ["available_versions"],
+                                                        "properties": {
+            "training": {"type": "object"}, "data": {"type": "object"}, "runtimes": {"type": "object"},
+            "available_versions": {"type": "array", "items": {"type": "integer"}},
+            "last_refused": {"type": "string"}}}]},
+        "History": {"type": "object", "required": ["model", "current_version", "events"], "properties": {
+            "model": {"type": "string"}, "current_version": {"type": "integer"},
+            "events": {"type": "array", "items": {"type": "object", "required": ["event"], "properties": {
+                "event": {"type": "string", "description": "`train`, `retrain` or `rollback`."},
+                "version": {"type": ["integer", "null"]}, "promoted": {"type": "boolean"},
+                "reason": {"type": "string"}, "time": {"type": "string"}}}}}},
+        "V2ServerMetadata": {"type": "object", "required": ["name", "version", "extensions"], "properties": {
+            "name": {"type": "string"}, "version": {"type": "string"},
+            "extensions": {"type": "array", "items": {"type": "string", "enum": kserve_v2.EXTENSIONS}}}},
+        "V2Ready": {"type": "object", "required": ["ready"], "properties": {"ready": {"type": "boolean"}}},
+        "V2ModelMetadata": {"type": "object", "required": ["name", "versions", "platform", "inputs", "outputs"],
+                            "properties": {"name": {"type": "string"},
+                                           "versions": {"type": "array", "items": {"type": "string"}},
+                                           "platform": {"type": "string"},
+                                           "inputs": {"type": "array", "items": tensor},
+                                           "outputs": {"type": "array", "items": tensor}}},
+        "V2InferRequest": {"type": "object", "required": ["inputs"], "properties": {
+            "id": {"type": "string"},
+            "inputs": {"type": "array", "minItems": 1, "maxItems": 1, "items": tensor,
+                       "description": f"`{kserve_v2.PIXELS_INPUT}` (FP32, [batch, 28, 28] or [batch, 32, 32, 3], "
+                                      f"values in [0, 1]) or `{kserve_v2.IMAGE_INPUT}` (BYTES: encoded files, "
+                                      "base64 in JSON)."},
+            "outputs": {"type": "array", "items": {"type": "object", "required": ["name"], "properties": {
+                "name": {"type": "string", "enum": [kserve_v2.OUTPUT]}, "parameters": {"type": "object"}}}},
+            "parameters": {"type": "object"}}},
+        "V2InferResponse": {"type": "object", "required": ["model_name", "outputs"], "properties": {
+            "model_name": {"type": "string"}, "model_version": {"type": "string"}, "id": {"type": "string"},
+            "outputs": {"type": "array", "items": tensor}}},
+        "TFStatus": {"type": "object", "required": ["model_version_status"], "properties": {
+            "model_version_status": {"type": "array", "items": {"type": "object", "properties": {
+                "version": {"type": "string"}, "state": {"type": "string"}, "status": {"type": "object"}}}}}},
+        "TFPredictRequest": {"type": "object", "properties": {
+            "signature_name": {"type": "string", "enum": [tf_serving.SIGNATURE]},
+            "instances": {"type": "array", "items": instance,
+                          "description": 'Row format: each a `{"b64": ...}` image file or a pixel array.'},
+            "inputs": {"description": "Columnar format: a list like `instances`, or `{\"image\": ...}` / "
+                                      "`{\"pixels\": ...}`."}}},
+        "TFPredictResponse": {"type": "object", "properties": {
+            "predictions": {"type": "array", "items": number_list},
+            "outputs": {"type": "array", "items": number_list}}},
+        "TFClassifyRequest": {"type": "object", "required": ["examples"], "properties": {
+            "signature_name": {"type": "string", "enum": [tf_serving.SIGNATURE]},
+            "examples": {"type": "array", "items": instance}}},
+        "TFClassifyResponse": {"type": "object", "required": ["result"], "properties": {"result": {
+            "type": "array", "items": {"type": "array", "items": {
+                "type": "array", "items": {"type": ["string", "number"]}, "minItems": 2, "maxItems": 2,
+                "description": "[label, score]"}}}}},
+    }
+
+
+def openapi_document(example: Example = Example()) -> dict:
+    try:
+        service_version = version("image-classifier-service")
+    except PackageNotFoundError:
+        service_version = "unknown"
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "image-classifier-service", "version": service_version,
+                 "description": "Classify images with small Keras models. The same image gives the same "
+                                "probabilities through each protocol: the native `/predict`, KServe V2 and "
+                                "TensorFlow Serving REST.\n\nGuides: [the API](/guides/api.md), "
+                                "[operations](/guides/operations.md), [training](/guides/training.md), "
+                                "[performance](/guides/performance.md). [The web page](/) classifies dropped "
+                                "images and shows each model's card."},
+        "tags": [{"name": NATIVE, "description": "This service's own API."},
+                 {"name": V2, "description": "KServe V2 / Open Inference Protocol (REST)."},
+                 {"name": TF, "description": "TensorFlow Serving REST API."},
+                 {"name": OPS, "description": "Health, metrics and pages."}],
+        "paths": {**native_paths(example), **kserve_v2_paths(example), **tf_serving_paths(example)},
+        "components": {"schemas": schemas()},
+    }

@@ -1,0 +1,140 @@
+"""The page at / in a real browser: Debian's headless Chromium driven through its chromedriver by selenium.
+
+Skipped when Chromium is missing, except with REQUIRE_BROWSER=1 (CI), where that fails. A screenshot of each
+step is kept in TEST_ARTIFACTS_DIR (default: test-artifacts/ in the repository).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.conftest import ROOT, png_bytes
+
+webdriver = pytest.importorskip("selenium.webdriver")
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support import expected_conditions  # noqa: E402
+from selenium.webdriver.support.select import Select  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+
+ARTIFACTS = Path(os.environ.get("TEST_ARTIFACTS_DIR", ROOT / "test-artifacts"))
+WAIT_SECONDS = 30
+
+
+def _find(*names: str) -> str | None:
+    return next((path for path in map(shutil.which, names) if path), None)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    chromium, driver = _find("chromium", "chromium-browser"), _find("chromedriver")
+    if not (chromium and driver):
+        message = "Debian's chromium and chromium-driver are needed for the browser tests"
+        if os.environ.get("REQUIRE_BROWSER") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    # No network beyond loopback here: without these Chromium keeps trying Google's hosts.
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--no-first-run", "--window-size=1280,1000"):
+        options.add_argument(flag)
+    session = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=driver))
+    yield session
+    session.quit()
+
+
+def wait_for(browser, condition, message: str):
+    return WebDriverWait(browser, WAIT_SECONDS).until(condition, message)
+
+
+def latest_result(browser):
+    """The newest result, once it is no longer pending."""
+    def settled(driver):
+        items = driver.find_elements(By.CSS_SELECTOR, "#results > li")
+        return items[0] if items and "pending" not in items[0].get_attribute("class") else False
+    return wait_for(browser, settled, "no answer appeared")
+
+
+def choose_file(browser, path: Path) -> None:
+    browser.find_element(By.ID, "file-input").send_keys(str(path))
+
+
+def screenshot(browser, name: str) -> Path:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    path = ARTIFACTS / f"{name}.png"
+    assert browser.save_screenshot(str(path))
+    return path
+
+
+def served_top1(server, model: str, image: bytes) -> str:
+    return requests.post(f"{server.url}/predict?model={model}", files={"image": ("x", image)},
+                         timeout=30).json()["predictions"][0]["top"][0]["label"]
+
+
+def test_the_page_classifies_real_images_and_shows_readable_errors(browser, shipped_server, fashion, cifar_folder,
+                                                                   tmp_path):
+    browser.get(shipped_server.url + "/")
+    wait_for(browser, lambda d: len(Select(d.find_element(By.ID, "model")).options) == 2, "models did not load")
+    wait_for(browser, expected_conditions.text_to_be_present_in_element((By.ID, "card-version"), "v"),
+             "the model card did not load")
+    assert Select(browser.find_element(By.ID, "model")).first_selected_option.get_attribute("value") == "fashion_mnist"
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#per-class tbody tr")) == 10
+
+    # 1. A real Fashion-MNIST test image the model gets right: its true label is shown, with bars.
+    classes = requests.get(shipped_server.url + "/models/fashion_mnist", timeout=10).json()["classes"]
+    index = next(i for i in range(50)
+                 if served_top1(shipped_server, "fashion_mnist", png_bytes(fashion.x_test[i]))
+                 == classes[fashion.y_test[i]])
+    image = tmp_path / f"fashion-test-{index}.png"
+    image.write_bytes(png_bytes(fashion.x_test[index]))
+    choose_file(browser, image)
+    result = latest_result(browser)
+    assert result.find_element(By.CSS_SELECTOR, ".top-label").text == classes[fashion.y_test[index]]
+    assert len(result.find_elements(By.CSS_SELECTOR, ".bar")) == 5
+    seen = result.find_element(By.CSS_SELECTOR, ".as-seen img")
+    assert browser.execute_script("return arguments[0].naturalWidth", seen) == 28
+    screenshot(browser, "page-fashion-mnist")
+
+    # 2. Switch to CIFAR-10: the card follows, and a real test JPEG gets its true class.
+    Select(browser.find_element(By.ID, "model")).select_by_value("cifar10")
+    wait_for(browser, expected_conditions.text_to_be_present_in_element((By.ID, "card-title"), "cifar10"),
+             "the card did not switch")
+    jpegs = sorted((cifar_folder / "test").glob("*/*.jpg"))[::97]
+    jpeg = next(p for p in jpegs if served_top1(shipped_server, "cifar10", p.read_bytes()) == p.parent.name)
+    choose_file(browser, jpeg)
+    result = latest_result(browser)
+    assert result.find_element(By.CSS_SELECTOR, ".top-label").text == jpeg.parent.name
+    seen = result.find_element(By.CSS_SELECTOR, ".as-seen img")
+    assert browser.execute_script("return arguments[0].naturalWidth", seen) == 32
+    images = browser.find_elements(By.CSS_SELECTOR, ".plots img")
+    wait_for(browser, lambda d: all(d.execute_script("return arguments[0].naturalWidth", i) > 0 for i in images),
+             "the card's plots did not load")
+    history_rows = browser.find_elements(By.CSS_SELECTOR, "#history tbody tr")
+    assert len(history_rows) == len((ROOT / "models" / "cifar10" / "history.jsonl").read_text().splitlines())
+    screenshot(browser, "page-cifar10")
+
+    # 3. A text file: a readable error in place of an answer, and the page keeps working.
+    text = tmp_path / "notes.txt"
+    text.write_text("this is not an image\n")
+    choose_file(browser, text)
+    result = latest_result(browser)
+    error = result.find_element(By.CSS_SELECTOR, ".error").text
+    assert "not an image" in error or "image" in error.lower(), error
+    assert "{" not in error, "the message, not the JSON, is shown"
+    shot = screenshot(browser, "page-error")
+    assert shot.stat().st_size > 10_000
+    assert not browser.find_element(By.ID, "page-error").is_displayed()
+
+    # 4. A file over the upload limit: the limit is named, whether the server's 413 arrives or the upload is cut.
+    limit = int(os.environ.get("MAX_UPLOAD_BYTES", 10 * 1024 * 1024))
+    large = tmp_path / "huge.png"
+    large.write_bytes(png_bytes(fashion.x_test[0]) + os.urandom(limit + 1024))
+    choose_file(browser, large)
+    error = latest_result(browser).find_element(By.CSS_SELECTOR, ".error").text
+    assert "limit" in error, error

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -65,6 +67,23 @@ def png_bytes(pixels: np.ndarray, fmt: str = "PNG", **params) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format=fmt, **params)
     return buffer.getvalue()
+
+
+def publish_copy(models_dir, name, source_version, new_version, damage=None, promote=True):
+    """Publish a copy of a version the way training does: staged, renamed into place, pointer last."""
+    staging = models_dir / name / f".staging-{new_version}"
+    shutil.copytree(models_dir / name / str(source_version), staging)
+    metadata = json.loads((staging / "metadata.json").read_text())
+    metadata["version"] = new_version
+    (staging / "metadata.json").write_text(json.dumps(metadata))
+    if damage == "tampered":
+        for model_file in ("model.onnx", "model.int8.onnx"):
+            (staging / model_file).write_bytes((staging / model_file).read_bytes()[:-64])
+    staging.rename(models_dir / name / str(new_version))
+    if promote:
+        pointer = models_dir / name / ".current.tmp"
+        pointer.write_text(f"{new_version}\n")
+        pointer.replace(models_dir / name / "current")
 
 
 def free_port() -> int:

@@ -1,30 +1,12 @@
 """Zero-downtime reload: versions published, refused and rolled back while a real server is under load."""
 
-import json
 import shutil
 import threading
 import time
 
 import requests
 
-from tests.conftest import SHIPPED_MODELS, GunicornServer, png_bytes
-
-
-def publish_copy(models_dir, name, source_version, new_version, damage=None, promote=True):
-    """Publish a copy of a version the way training does: staged, renamed into place, pointer last."""
-    staging = models_dir / name / f".staging-{new_version}"
-    shutil.copytree(models_dir / name / str(source_version), staging)
-    metadata = json.loads((staging / "metadata.json").read_text())
-    metadata["version"] = new_version
-    (staging / "metadata.json").write_text(json.dumps(metadata))
-    if damage == "tampered":
-        for model_file in ("model.onnx", "model.int8.onnx"):
-            (staging / model_file).write_bytes((staging / model_file).read_bytes()[:-64])
-    staging.rename(models_dir / name / str(new_version))
-    if promote:
-        pointer = models_dir / name / ".current.tmp"
-        pointer.write_text(f"{new_version}\n")
-        pointer.replace(models_dir / name / "current")
+from tests.conftest import SHIPPED_MODELS, GunicornServer, png_bytes, publish_copy
 
 
 def served_version(server, image):

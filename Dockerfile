@@ -25,6 +25,8 @@ RUN useradd --create-home --uid 10001 app && mkdir -p /app/models /cache && chow
 COPY --from=train-venv /opt/venv /opt/venv
 WORKDIR /app
 COPY training ./training
+# Training computes the monitoring reference with the service's own statistics (service/monitoring.py).
+COPY service ./service
 ENV PATH=/opt/venv/bin:$PATH PYTHONPATH=/app PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 \
     MODELS_DIR=/app/models KERAS_HOME=/cache/keras MPLCONFIGDIR=/tmp/matplotlib
 USER app

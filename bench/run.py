@@ -115,10 +115,10 @@ def rss_mb(pid: int) -> float:
 class Server:
     """The service (or a diagnostic app) under the service's own gunicorn settings."""
 
-    def __init__(self, app: str | None, workers: int, models_dir: Path):
+    def __init__(self, app: str | None, workers: int, models_dir: Path, **settings: str):
         self.port = free_port()
         env = {**os.environ, "PORT": str(self.port), "HOST": "127.0.0.1", "WEB_CONCURRENCY": str(workers),
-               "MODELS_DIR": str(models_dir), "DRAIN_SECONDS": "0"}
+               "MODELS_DIR": str(models_dir), "DRAIN_SECONDS": "0", **settings}
         env.pop("PROMETHEUS_MULTIPROC_DIR", None)
         command = [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "service" / "gunicorn.conf.py")]
         started = time.monotonic()
@@ -215,7 +215,8 @@ def in_process_costs(images: dict, models_dir: Path, repeat: int = 300) -> dict:
 
     from service import metrics
     from service.fast_decode import decode_plain
-    from service.images import decode_image, normalize_pixels, oriented_in_mode
+    from service.images import decode_image, inspect_image, normalize_pixels, oriented_in_mode
+    from service.model_monitor import ModelMonitor
     from service.registry import ModelRegistry
     from service.protocols.native import prediction_body
     from service.settings import Settings
@@ -271,6 +272,11 @@ def in_process_costs(images: dict, models_dir: Path, repeat: int = 300) -> dict:
             metrics.series(metrics.REQUEST_DURATION, "/predict").observe(0.001)
 
         metrics_us, _ = timed(record, outputs)
+        monitor = ModelMonitor()
+        facts = [inspect_image(data, spec, settings.max_image_pixels)[1] for data in sample]
+        monitoring_us, _ = timed(lambda item: monitor.observe(model, item[0][np.newaxis], item[1],
+                                                              [int(item[1].argmax())], [item[2]]),
+                                 list(zip(arrays, outputs, facts)))
         batch = np.stack(arrays[:32])
         started = time.perf_counter()
         for _ in range(20):
@@ -280,7 +286,7 @@ def in_process_costs(images: dict, models_dir: Path, repeat: int = 300) -> dict:
                        "parse_us": parse_us - request_us, "parse_werkzeug_us": werkzeug_us - request_us,
                        "decode_us": decode_us, "decode_pillow_us": pillow_us, "normalize_us": normalize_us,
                        "inference_us": infer_us, "json_us": json_us, "json_stdlib_us": stdlib_json_us,
-                       "metrics_us": metrics_us,
+                       "metrics_us": metrics_us, "monitoring_us": monitoring_us,
                        "inference_us_per_image_in_batch_of_32": batch_infer_us}
     return costs
 
@@ -329,12 +335,14 @@ def served_model_file(models_dir: Path, name: str) -> Path:
 
 
 def request_path_part(args, images, workdir: Path) -> tuple[dict, dict]:
-    """Part 1: the service, the bare app and the fixed-answer app on both models; figures and summary."""
+    """Part 1: the service, the service without input monitoring, the bare app and the fixed-answer app on both
+    models; figures and summary."""
     singles = {name: write_requests(workdir, f"{name}-1", service_requests(blobs, kind, 1))
                for name, (blobs, kind, _) in images.items()}
     batches = {name: write_requests(workdir, f"{name}-32", service_requests(blobs, kind, 32))
                for name, (blobs, kind, _) in images.items()}
     servers = {"service": Server(None, args.workers, args.models_dir),
+               "unmonitored": Server(None, args.workers, args.models_dir, INPUT_MONITORING="off"),
                "bare": Server("bench.bare_app:create_app()", args.workers, args.models_dir),
                "fixed": Server("bench.fixed_answer_app:create_app()", args.workers, args.models_dir)}
     runs: dict[tuple[str, str], list[dict]] = {}
@@ -364,6 +372,8 @@ def request_path_part(args, images, workdir: Path) -> tuple[dict, dict]:
         summary["models"][name] = rows | {
             "throughput_ratio": paired_ratio(runs, name, "service", "rps"),
             "throughput_ratio_fixed_answer": paired_ratio(runs, name, "fixed", "rps"),
+            # What input statistics, confidence and drift tracking cost: the service against itself without them.
+            "monitoring_throughput_ratio": paired_ratio(runs, name, "service", "rps", baseline="unmonitored"),
             "p99_ratio": paired_ratio(runs, name, "service", "p99_ms"),
             "batch32": {"requests_per_s": batch["rps"], "images_per_s": batch["rps"] * 32,
                         "per_image_cost_vs_single": rows["service"]["rps"] / (batch["rps"] * 32),
@@ -373,7 +383,8 @@ def request_path_part(args, images, workdir: Path) -> tuple[dict, dict]:
     for name, figures in summary["models"].items():
         print(f"  {name:>13}: service throughput {format_ratio(figures['throughput_ratio'])}  "
               f"p99 {format_ratio(figures['p99_ratio'])}  fixed-answer throughput "
-              f"{format_ratio(figures['throughput_ratio_fixed_answer'])}\n{'':>17}batch of 32: "
+              f"{format_ratio(figures['throughput_ratio_fixed_answer'])}\n{'':>17}monitoring on vs off: throughput "
+              f"{format_ratio(figures['monitoring_throughput_ratio'])}\n{'':>17}batch of 32: "
               f"{figures['batch32']['images_per_s']:.0f} images/s, per-image cost "
               f"{figures['batch32']['per_image_cost_vs_single']:.3f}x a single-image request")
     print(f"RSS, master + {args.workers} workers: service {memory['service']:.0f} MB, bare {memory['bare']:.0f} MB")

@@ -10,9 +10,10 @@ import orjson
 from flask import Flask, g, request
 from flask.json.provider import JSONProvider
 
-from service import metrics
+from service import inference, metrics
 from service.errors import register_error_handlers
 from service.protocols import PROTOCOLS, protocol_of
+from service.model_monitor import ModelMonitor
 from service.pages import register_pages
 from service.registry import ModelRegistry
 from service.routes import api
@@ -30,11 +31,14 @@ def create_app(settings: Settings | None = None, watch: bool = True) -> Flask:
     # Set by the worker on SIGTERM (service/worker.py): /readyz answers 503 while requests are still served.
     app.extensions["draining"] = threading.Event()
 
+    inference.monitor = ModelMonitor(settings.input_monitoring, settings.low_confidence_threshold,
+                                     settings.drift_window_images)
     registry = ModelRegistry(settings.models_dir, settings.runtime)
     app.extensions["model_registry"] = registry
     registry.refresh()
     if watch:
         registry.start(settings.reload_interval_seconds)
+        inference.monitor.start(settings.reload_interval_seconds)
 
     app.register_blueprint(api)
     register_pages(app)

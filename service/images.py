@@ -131,16 +131,23 @@ def oriented_in_mode(image: Image.Image, spec: InputSpec) -> Image.Image:
 
 def normalize_pixels(pixels: np.ndarray, spec: InputSpec) -> np.ndarray:
     """uint8 pixels in the model's color mode -> float32 array of ``spec.shape`` with values in [0, 1]."""
+    return _normalize(pixels, spec)[0]
+
+
+def _normalize(pixels: np.ndarray, spec: InputSpec) -> tuple[np.ndarray, bool]:
+    """``normalize_pixels``, also saying whether the image was inverted."""
+    inverted = False
     if spec.invert_light_background:
         gray = pixels if pixels.ndim == 2 else np.asarray(Image.fromarray(pixels).convert("L"))
         if has_light_background(gray):
             pixels = 255 - pixels
+            inverted = True
     if pixels.shape[:2] != spec.shape[:2]:
         pad = np.median(border_pixels(pixels), axis=0)
         color = int(pad) if pad.ndim == 0 else tuple(int(c) for c in pad)
         image = ImageOps.pad(Image.fromarray(pixels), spec.size, method=Image.Resampling.LANCZOS, color=color)
         pixels = np.asarray(image)
-    return pixels.astype(np.float32) / np.float32(255.0)
+    return pixels.astype(np.float32) / np.float32(255.0), inverted
 
 
 def normalize_image(image: Image.Image, spec: InputSpec) -> np.ndarray:
@@ -148,12 +155,38 @@ def normalize_image(image: Image.Image, spec: InputSpec) -> np.ndarray:
     return normalize_pixels(np.asarray(oriented_in_mode(image, spec)), spec)
 
 
+@dataclass(frozen=True)
+class UploadFacts:
+    """What an upload was before normalization: the input statistics monitoring counts."""
+
+    format: str      # PNG, JPEG, GIF, BMP, WEBP or TIFF
+    width: int
+    height: int
+    color: bool      # an RGB (or palette, CMYK, ...) upload, rather than gray
+    inverted: bool   # its light background was inverted (Fashion-MNIST)
+
+
+GRAY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
+
+
 def prepare_image(data: bytes, spec: InputSpec, max_pixels: int) -> np.ndarray:
     """Decode and normalize one upload: plain PNG/JPEG files directly, everything else through Pillow."""
+    return inspect_image(data, spec, max_pixels)[0]
+
+
+def inspect_image(data: bytes, spec: InputSpec, max_pixels: int) -> tuple[np.ndarray, UploadFacts]:
+    """``prepare_image``, also returning what the upload was."""
     pixels = decode_plain(data, spec.pillow_mode, max_pixels)
     if pixels is None:
-        return normalize_image(decode_image(data, max_pixels), spec)
-    return normalize_pixels(pixels, spec)
+        image = decode_image(data, max_pixels)
+        original_format, original_mode, (width, height) = image.format, image.mode, image.size
+        array, inverted = _normalize(np.asarray(oriented_in_mode(image, spec)), spec)
+        return array, UploadFacts(original_format or "unknown", width, height, original_mode not in GRAY_MODES,
+                                  inverted)
+    # decode_plain only takes files already in the model's color mode.
+    array, inverted = _normalize(pixels, spec)
+    file_format = "PNG" if data.startswith(b"\x89PNG") else "JPEG"
+    return array, UploadFacts(file_format, pixels.shape[1], pixels.shape[0], pixels.ndim == 3, inverted)
 
 
 def encode_model_input(pixels: np.ndarray) -> bytes:

@@ -12,8 +12,12 @@ import numpy as np
 
 from service import metrics
 from service.errors import InvalidTensor
-from service.images import prepare_image
+from service.images import inspect_image
+from service.model_monitor import ModelMonitor
 from service.registry import LoadedModel
+
+# Configured from the settings by create_app; one per worker process.
+monitor = ModelMonitor()
 
 
 def classify_images(model: LoadedModel, images: list[bytes], max_pixels: int) -> np.ndarray:
@@ -26,9 +30,9 @@ def classify_images_as_seen(model: LoadedModel, images: list[bytes],
                             max_pixels: int) -> tuple[np.ndarray, np.ndarray]:
     """Like ``classify_images``, also returning the batch the model saw: normalization explains many answers."""
     started = time.perf_counter()
-    arrays = [prepare_image(data, model.input_spec, max_pixels) for data in images]
-    batch = arrays[0][np.newaxis] if len(arrays) == 1 else np.stack(arrays)
-    return batch, _predict(model, batch, started)
+    prepared = [inspect_image(data, model.input_spec, max_pixels) for data in images]
+    batch = prepared[0][0][np.newaxis] if len(prepared) == 1 else np.stack([array for array, _ in prepared])
+    return batch, _predict(model, batch, started, [facts for _, facts in prepared])
 
 
 def classify_pixels(model: LoadedModel, pixels: np.ndarray) -> np.ndarray:
@@ -52,13 +56,15 @@ def check_pixels(model: LoadedModel, pixels: np.ndarray) -> np.ndarray:
     return pixels
 
 
-def _predict(model: LoadedModel, batch: np.ndarray, started: float) -> np.ndarray:
+def _predict(model: LoadedModel, batch: np.ndarray, started: float, uploads=None) -> np.ndarray:
     prepared = time.perf_counter()
     probabilities = model.runtime.predict(batch)
     inferred = time.perf_counter()
     metrics.series(metrics.DECODE_DURATION, model.name).observe(prepared - started)
     metrics.series(metrics.INFERENCE_DURATION, model.name).observe(inferred - prepared)
     metrics.series(metrics.IMAGES_PER_REQUEST, model.name).observe(len(batch))
-    for index in probabilities.argmax(axis=1).tolist():
+    predicted = probabilities.argmax(axis=1).tolist()
+    for index in predicted:
         metrics.series(metrics.PREDICTIONS, model.name, model.classes[index]).inc()
+    monitor.observe(model, batch, probabilities, predicted, uploads)
     return probabilities

@@ -10,6 +10,10 @@ from __future__ import annotations
 import functools
 import os
 
+import calendar
+import time
+from collections.abc import Iterable
+
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -19,6 +23,8 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import REGISTRY, Collector
 
 PREFIX = "classifier"
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -39,6 +45,33 @@ MODEL_INFO = Gauge(f"{PREFIX}_model_info", "1 for the version each model serves"
 MODEL_RELOADS = Counter(f"{PREFIX}_model_reloads_total", "Model version loads by result (loaded or refused)",
                         ["model", "result"])
 
+# Monitoring: confidence, what the inputs look like, and drift from the training data (service/monitoring.py).
+TOP1_PROBABILITY = Histogram(f"{PREFIX}_top1_probability", "Probability of the top class, per image", ["model"],
+                             buckets=(0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0))
+LOW_CONFIDENCE = Counter(f"{PREFIX}_low_confidence_predictions_total",
+                         "Images whose top-1 probability is below LOW_CONFIDENCE_THRESHOLD", ["model"])
+INPUT_MEAN = Histogram(f"{PREFIX}_input_mean_intensity", "Mean pixel value of each normalized image, in [0, 1]",
+                       ["model"], buckets=(0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9))
+INPUT_CONTRAST = Histogram(f"{PREFIX}_input_contrast", "Standard deviation of each normalized image's pixels",
+                           ["model"], buckets=(0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5))
+INPUT_UPLOADS = Counter(f"{PREFIX}_input_uploads_total", "Uploaded images by file format and gray or color",
+                        ["model", "format", "color"])
+INPUT_INVERTED = Counter(f"{PREFIX}_input_inverted_total", "Uploads inverted for their light background",
+                         ["model"])
+INPUT_SIZE = Histogram(f"{PREFIX}_input_original_size_pixels", "Longest side of each uploaded image", ["model"],
+                       buckets=(28, 32, 64, 128, 256, 512, 1024, 2048, 4096))
+INPUT_RESIZE = Histogram(f"{PREFIX}_input_resize_factor",
+                         "Longest side of each upload over the model's input side (1: untouched)", ["model"],
+                         buckets=(0.5, 1, 2, 4, 8, 16, 32, 64, 128))
+DRIFT_PSI = Gauge(f"{PREFIX}_drift_psi", "Population stability index of the recent images against the training "
+                  "data, by signal (mean_intensity, contrast, predicted_class)", ["model", "signal"],
+                  multiprocess_mode="livemostrecent")
+DRIFT_WINDOW = Gauge(f"{PREFIX}_drift_window_images", "Images in the window the drift is measured over",
+                     ["model"], multiprocess_mode="livemostrecent")
+REFERENCE_TOP1 = Gauge(f"{PREFIX}_reference_top1_probability",
+                       "Mean top-1 probability on training images, recorded at publish time", ["model"],
+                       multiprocess_mode="livemax")
+
 CLIENT_TIMEOUTS = Counter(f"{PREFIX}_client_timeouts_total",
                           "Requests cut off with a 408 because the client was too slow, by phase (header, body)",
                           ["phase"])
@@ -51,10 +84,71 @@ def series(metric, *label_values: str):
     return metric.labels(*label_values)
 
 
-def render_metrics() -> tuple[bytes, str]:
-    """The exposition text: every worker's values when running under gunicorn, this process's otherwise."""
+def _timestamp(text: str | None) -> float | None:
+    try:
+        return float(calendar.timegm(time.strptime(text, "%Y-%m-%dT%H:%M:%SZ"))) if text else None
+    except ValueError:
+        return None
+
+
+def state_families(ready: bool, histories: dict[str, list[dict]]) -> list[Metric]:
+    """Metrics read from state at scrape time rather than counted: readiness, and the retraining job's runs
+    from each model's history.jsonl (written by whatever ran the retrain: compose, a CronJob, by hand)."""
+    ready_family = GaugeMetricFamily(f"{PREFIX}_ready", "1 while /readyz answers 200 (models loaded, not draining)")
+    ready_family.add_metric([], 1.0 if ready else 0.0)
+    families = {name: GaugeMetricFamily(f"{PREFIX}_retrain_{name}", help_text, labels=["model"])
+                for name, help_text in (
+                    ("last_run_timestamp_seconds", "When the last retrain of the model ended"),
+                    ("last_success_timestamp_seconds", "When the last retrain that did not fail ended"),
+                    ("last_run_failed", "1 if the last retrain failed"),
+                    ("last_promoted", "1 if the last successful retrain promoted its candidate"),
+                    ("candidate_accuracy", "Test accuracy of the last successful retrain's candidate"),
+                    ("champion_accuracy", "Test accuracy of the champion it was compared with"))}
+    runs = GaugeMetricFamily(f"{PREFIX}_retrain_runs", "Retrains in the model's history, by outcome",
+                             labels=["model", "outcome"])
+    for model, history in sorted(histories.items()):
+        retrains = [r for r in history if r.get("event") == "retrain"]
+        if not retrains:
+            continue
+        outcomes = {"promoted": 0, "kept": 0, "failed": 0}
+        for record in retrains:
+            outcome = record.get("outcome") or ("promoted" if record.get("promoted") else "kept")
+            outcomes[outcome if outcome in outcomes else "failed"] += 1
+        for outcome, count in outcomes.items():
+            runs.add_metric([model, outcome], count)
+        last = retrains[-1]
+        failed = last.get("outcome") == "failed"
+        if (when := _timestamp(last.get("time"))) is not None:
+            families["last_run_timestamp_seconds"].add_metric([model], when)
+        families["last_run_failed"].add_metric([model], 1.0 if failed else 0.0)
+        successes = [r for r in retrains if r.get("outcome") != "failed"]
+        if successes:
+            success = successes[-1]
+            if (when := _timestamp(success.get("time"))) is not None:
+                families["last_success_timestamp_seconds"].add_metric([model], when)
+            families["last_promoted"].add_metric([model], 1.0 if success.get("promoted") else 0.0)
+            for role in ("candidate", "champion"):
+                accuracy = (success.get(role) or {}).get("accuracy")
+                if accuracy is not None:
+                    families[f"{role}_accuracy"].add_metric([model], accuracy)
+    return [ready_family, runs, *families.values()]
+
+
+class _Fixed(Collector):
+    def __init__(self, families: Iterable[Metric]):
+        self.families = list(families)
+
+    def collect(self) -> Iterable[Metric]:
+        return self.families
+
+
+def render_metrics(extra: Iterable[Metric] = ()) -> tuple[bytes, str]:
+    """The exposition text: every worker's values when running under gunicorn, this process's otherwise, plus
+    ``extra`` families read at scrape time."""
+    registry = REGISTRY
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
-        return generate_latest(registry), CONTENT_TYPE_LATEST
-    return generate_latest(), CONTENT_TYPE_LATEST
+    state = CollectorRegistry()
+    state.register(_Fixed(extra))
+    return generate_latest(registry) + generate_latest(state), CONTENT_TYPE_LATEST

@@ -197,6 +197,9 @@ class ModelRegistry:
                 if active:
                     metrics.MODEL_INFO.labels(name, str(active.version)).set(0)
                 metrics.MODEL_INFO.labels(name, str(version)).set(1)
+                reference = loaded.metadata.get("monitoring_reference")
+                if reference:
+                    metrics.REFERENCE_TOP1.labels(name).set(reference["top1_probability_mean"])
                 log.info("serving %s v%s (was %s)", name, version, f"v{active.version}" if active else "none")
                 changes.append(f"{name} v{version} loaded")
         self.initial_load_done.set()

@@ -6,7 +6,7 @@ import time
 
 from flask import Blueprint, Response, current_app, g, jsonify, send_file
 
-from service import metrics
+from service import inference, metrics
 from service.errors import NotFound, NotReady
 from service.protocols.common import ready_to_serve
 from service.registry import LoadedModel, ModelRegistry, read_history
@@ -121,5 +121,8 @@ def readyz():
 
 @api.get("/metrics")
 def prometheus_metrics():
-    payload, content_type = metrics.render_metrics()
+    registry = _registry()
+    inference.monitor.flush()  # this worker's figures are current; the others' at most a flush interval old
+    histories = {name: read_history(registry.models_dir, name) for name in registry.snapshot()}
+    payload, content_type = metrics.render_metrics(metrics.state_families(ready_to_serve(), histories))
     return Response(payload, content_type=content_type)

@@ -38,6 +38,10 @@ class Settings:
     drain_seconds: float = 5.0  # after SIGTERM: /readyz says 503 and everything is still served this long
     graceful_timeout_seconds: float = 20.0  # then requests in flight get this long to finish
     worker_timeout_seconds: float = 30.0  # a worker silent for this long is killed and replaced
+    # Monitoring (service/monitoring.py, docs/operations.md#monitoring).
+    input_monitoring: bool = True  # input statistics, confidence and drift metrics for every image
+    low_confidence_threshold: float = 0.5  # a top-1 probability below this counts as a low-confidence prediction
+    drift_window_images: int = 1000  # drift is measured over each worker's last this-many images per model
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides) -> Settings:
@@ -70,6 +74,10 @@ class Settings:
                 raise ValueError(f"{ENVIRONMENT[name]} must be positive")
         if self.drain_seconds < 0:
             raise ValueError("DRAIN_SECONDS must not be negative")
+        if not 0 < self.low_confidence_threshold < 1:
+            raise ValueError("LOW_CONFIDENCE_THRESHOLD must be between 0 and 1")
+        if self.drift_window_images < 10:
+            raise ValueError("DRIFT_WINDOW_IMAGES must be at least 10")
 
     @property
     def gunicorn_worker_class(self) -> str:
@@ -100,6 +108,9 @@ ENVIRONMENT = {
     "drain_seconds": "DRAIN_SECONDS",
     "graceful_timeout_seconds": "GRACEFUL_TIMEOUT_SECONDS",
     "worker_timeout_seconds": "WORKER_TIMEOUT_SECONDS",
+    "input_monitoring": "INPUT_MONITORING",
+    "low_confidence_threshold": "LOW_CONFIDENCE_THRESHOLD",
+    "drift_window_images": "DRIFT_WINDOW_IMAGES",
 }
 
 

@@ -58,6 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
     rollback.add_argument("dataset", choices=sorted(SPECS))
     rollback.add_argument("version", type=int, nargs="?", help="default: the newest version before the current")
 
+    reference = commands.add_parser("reference", help="record the monitoring reference in published versions "
+                                    "made before it existed")
+    reference.add_argument("dataset", choices=sorted(SPECS))
+    reference.add_argument("--version", type=int, help="default: every published version")
+    reference.add_argument("--data-dir", type=Path, default=os.environ.get("DATA_DIR") or None)
+
     schedule = commands.add_parser("schedule", help="retrain on a schedule until stopped (settings: README)")
     schedule.add_argument("--once", action="store_true", help="run one round now and exit")
     return parser
@@ -83,10 +89,21 @@ def main(argv: list[str] | None = None) -> int:
 
             versions_command(args.dataset, args.models_dir)
         elif args.command == "retrain":
-            from training.retrain import retrain
+            from training.retrain import retrain_recording_failures
 
-            retrain(args.dataset, args.models_dir, args.data_dir, tolerance=args.tolerance, keep_versions=args.keep,
-                    epochs=args.epochs, seed=args.seed, train_limit=args.train_limit, test_limit=args.test_limit)
+            retrain_recording_failures(args.dataset, args.models_dir, args.data_dir, tolerance=args.tolerance,
+                                       keep_versions=args.keep, epochs=args.epochs, seed=args.seed,
+                                       train_limit=args.train_limit, test_limit=args.test_limit)
+        elif args.command == "reference":
+            from training.datasets import load_dataset
+            from training.publish import list_versions
+            from training.reference import add_reference
+
+            dataset = load_dataset(args.dataset, args.data_dir)
+            for version in [args.version] if args.version else list_versions(args.models_dir, args.dataset):
+                profile = add_reference(args.models_dir, args.dataset, version, dataset)
+                print(f"{args.dataset} v{version}: reference from {profile['source']}, mean top-1 probability "
+                      f"{profile['top1_probability_mean']:.3f}")
         elif args.command == "rollback":
             from training.retrain import rollback
 

@@ -20,6 +20,7 @@ from training.export import ONNX_OPSET, keras_to_onnx, onnx_probabilities
 from training.modelcard import write_model_card
 from training.publish import METADATA_FILE, sha256_file
 from training.quantize import INT8_VERIFICATION_TOLERANCE, quantize_and_measure
+from training.reference import training_reference
 from training.train import TrainingResult, to_model_input
 
 SCHEMA_VERSION = 1
@@ -146,6 +147,7 @@ def write_artifact(folder: Path, version: int, dataset: Dataset, result: Trainin
         samples["probabilities_onnx_int8"] = onnx_probabilities(int8_bytes, result.test_inputs[:count])
     np.savez_compressed(folder / VERIFICATION_FILE, **samples)
     metadata = build_metadata(dataset, result, version, onnx_report, int8_report)
+    metadata["monitoring_reference"] = training_reference(dataset, onnx_bytes)
     write_model_card(folder, metadata)
     metadata["files"] = {p.name: sha256_file(p) for p in sorted(folder.iterdir()) if p.is_file()}
     (folder / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")

@@ -84,6 +84,7 @@ def retrain(
     candidate_accuracy = metadata["metrics"]["test"]["accuracy"]
     append_history(models_dir, name, {
         "event": "retrain",
+        "outcome": "promoted" if decision.promote else "kept",
         "version": published.version,
         "promoted": decision.promote,
         "reason": decision.reason,
@@ -97,6 +98,17 @@ def retrain(
            f"({decision.reason}){'; pruned v' + ', v'.join(map(str, pruned)) if pruned else ''}")
     return RetrainOutcome(published.version, decision.promote, decision.reason, candidate_accuracy,
                           champion_version, champion_accuracy, pruned)
+
+
+def retrain_recording_failures(name: str, models_dir: Path, *args, **kwargs) -> RetrainOutcome:
+    """``retrain``, with a failed run recorded in the history too: the service's retraining metrics (and the
+    alert on failed or missing retrains) read it, whatever started the run."""
+    try:
+        return retrain(name, models_dir, *args, **kwargs)
+    except BaseException as exc:
+        append_history(models_dir, name, {"event": "retrain", "outcome": "failed", "version": None,
+                                          "promoted": False, "reason": f"{type(exc).__name__}: {exc}"})
+        raise
 
 
 def rollback(name: str, models_dir: Path, version: int | None = None,

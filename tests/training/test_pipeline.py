@@ -164,3 +164,19 @@ def test_cli_reports_bad_input_clearly(tmp_path):
     assert "error: no cifar10 data found; tried:" in run.stderr and "Traceback" not in run.stderr
     run = subprocess.run([sys.executable, "-m", "training", "train", "imagenet"], capture_output=True, text=True)
     assert run.returncode == 2 and "invalid choice: 'imagenet'" in run.stderr
+
+
+def test_the_monitoring_reference_is_recorded_at_publish_time_and_reproducible(published, small_fashion):
+    """The service's drift metrics compare live traffic with it; recomputing it gives the recorded profile."""
+    from training.reference import REFERENCE_SAMPLES, add_reference
+
+    models_dir, version, result, metadata = published
+    reference = metadata["monitoring_reference"]
+    samples = min(REFERENCE_SAMPLES, len(small_fashion.x_train))
+    assert reference["samples"] == samples
+    for name in ("mean_intensity", "contrast"):
+        assert len(reference[name]["edges"]) == 9
+        assert reference[name]["fractions"] == pytest.approx([0.1] * 10, abs=0.02)
+    assert sum(reference["predicted_class"]["fractions"]) == pytest.approx(1.0)
+    assert 0.1 < reference["top1_probability_mean"] <= 1
+    assert add_reference(models_dir, "fashion_mnist", version.version, small_fashion) == reference

@@ -1,0 +1,135 @@
+"""Records what each classified batch looked like and how sure the model was: the monitoring metrics.
+
+One ``ModelMonitor`` per worker, configured from the settings at app start. Its drift windows are per model
+version, so a newly loaded version starts a fresh window against its own reference.
+
+Why a request only queues its batch: in multiprocess mode every metric update is a locked write to a
+memory-mapped file, about 1.5 µs, an image touches a dozen values, and per-image Python on top of that cost a
+request about 50 µs, 9% of its time (measured with ``make bench``). So ``observe`` keeps a reference to the
+batch and its answers, and every ``FLUSH_EVERY_IMAGES`` images (and at least every ``MODEL_RELOAD_SECONDS``,
+from a background thread, and before ``/metrics`` answers) ``flush`` computes the statistics of all of them at
+once with NumPy and writes each value once. The figures reach ``/metrics`` at most that much later.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import Counter
+
+import numpy as np
+
+from service import metrics
+from service.images import UploadFacts
+from service.monitoring import DriftWindow, Reference, image_statistics
+from service.registry import LoadedModel
+
+log = logging.getLogger(__name__)
+FLUSH_EVERY_IMAGES = 32  # and the PSI gauges are recomputed as often
+
+
+def write_histogram(child, values: np.ndarray) -> None:
+    """``child.observe(v)`` for every value, as one update per bucket and one of the sum."""
+    if not len(values):
+        return
+    bounds = np.asarray(child._upper_bounds)
+    counts = np.bincount(np.searchsorted(bounds, values, side="left"), minlength=len(bounds))
+    # prometheus-client has no public bulk observe; these are the two values observe() itself updates.
+    child._sum.inc(float(np.sum(values)))
+    for index in np.flatnonzero(counts).tolist():
+        child._buckets[index].inc(int(counts[index]))
+
+
+class ModelMonitor:
+    def __init__(self, enabled: bool = True, low_confidence_threshold: float = 0.5, window_images: int = 1000):
+        self.enabled = enabled
+        self.low_confidence_threshold = low_confidence_threshold
+        self.window_images = window_images
+        self._windows: dict[tuple[str, int], DriftWindow | None] = {}
+        self._queued: list[tuple] = []
+        self._queued_images = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+
+    def observe(self, model: LoadedModel, batch: np.ndarray, probabilities: np.ndarray, predicted: list[int],
+                uploads: list[UploadFacts] | None = None) -> None:
+        """``predicted``: each image's top class, which the caller has already taken from ``probabilities``."""
+        if not self.enabled:
+            return
+        with self._lock:  # the gevent worker runs one greenlet at a time; this guards the flushing thread
+            self._queued.append((model, batch, probabilities, predicted, uploads))
+            self._queued_images += len(predicted)
+            if self._queued_images >= FLUSH_EVERY_IMAGES:
+                self._flush_locked()
+
+    def flush(self) -> None:
+        """Write everything observed so far to the metrics."""
+        with self._lock:
+            self._flush_locked()
+
+    def _flush_locked(self) -> None:
+        queued, self._queued, self._queued_images = self._queued, [], 0
+        by_model: dict[tuple[str, int], list[tuple]] = {}
+        for item in queued:
+            by_model.setdefault((item[0].name, item[0].version), []).append(item)
+        for items in by_model.values():
+            self._record(items)
+        for (name, _), window in self._windows.items():
+            if window is not None and window.filled:
+                for signal, value in window.psi().items():
+                    metrics.series(metrics.DRIFT_PSI, name, signal).set(value)
+                metrics.series(metrics.DRIFT_WINDOW, name).set(window.filled)
+
+    def _record(self, items: list[tuple]) -> None:
+        """The queued batches of one model version, recorded at once."""
+        model = items[0][0]
+        name = model.name
+        batch = np.concatenate([item[1] for item in items])
+        predicted = [index for item in items for index in item[3]]
+        probabilities = np.concatenate([item[2] for item in items])
+        top1 = probabilities[np.arange(len(predicted)), predicted]
+        means, contrasts = (np.asarray(values) for values in image_statistics(batch))
+        write_histogram(metrics.series(metrics.TOP1_PROBABILITY, name), top1)
+        write_histogram(metrics.series(metrics.INPUT_MEAN, name), means)
+        write_histogram(metrics.series(metrics.INPUT_CONTRAST, name), contrasts)
+        low = int(np.count_nonzero(top1 < self.low_confidence_threshold))
+        if low:
+            metrics.series(metrics.LOW_CONFIDENCE, name).inc(low)
+        uploads = [facts for item in items if item[4] for facts in item[4]]
+        if uploads:
+            kinds = Counter((facts.format.lower(), "color" if facts.color else "gray") for facts in uploads)
+            for (file_format, color), count in kinds.items():
+                metrics.series(metrics.INPUT_UPLOADS, name, file_format, color).inc(count)
+            inverted = sum(facts.inverted for facts in uploads)
+            if inverted:
+                metrics.series(metrics.INPUT_INVERTED, name).inc(inverted)
+            longest = np.array([max(facts.width, facts.height) for facts in uploads], dtype=np.float64)
+            write_histogram(metrics.series(metrics.INPUT_SIZE, name), longest)
+            write_histogram(metrics.series(metrics.INPUT_RESIZE, name), longest / max(model.input_spec.shape[:2]))
+        window = self._window(model)
+        if window is not None:
+            window.add(means.tolist(), contrasts.tolist(), predicted)
+
+    def _window(self, model: LoadedModel) -> DriftWindow | None:
+        key = (model.name, model.version)
+        if key not in self._windows:
+            reference = Reference.from_metadata(model.metadata)
+            self._windows = {k: w for k, w in self._windows.items() if k[0] != model.name}  # the old version's
+            self._windows[key] = DriftWindow(reference, self.window_images) if reference else None
+        return self._windows[key]
+
+    def start(self, interval_seconds: float) -> threading.Thread:
+        """Flush at least every ``interval_seconds``, in a daemon thread, so quiet periods are reported too."""
+        def run():
+            while not self._stop.wait(interval_seconds):
+                try:
+                    self.flush()
+                except Exception:  # keep flushing whatever happens
+                    log.exception("writing the monitoring metrics failed")
+
+        thread = threading.Thread(target=run, name="monitor-flush", daemon=True)
+        thread.start()
+        return thread
+
+    def stop(self) -> None:
+        self._stop.set()

@@ -1,0 +1,39 @@
+"""The monitoring reference of a version: what its inputs and answers look like on training images.
+
+Recorded in metadata.json at publish time (``write_artifact``) and, for versions published before it existed,
+by ``python -m training reference``. The service's drift metrics compare live traffic with it; the statistics
+are computed by the service's own code (``service.monitoring``), so both sides measure the same thing.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from service.monitoring import reference_profile
+from training.datasets import Dataset
+from training.export import onnx_probabilities
+from training.train import to_model_input
+
+REFERENCE_SAMPLES = 5000
+LOW_CONFIDENCE_THRESHOLD = 0.5  # the service's default LOW_CONFIDENCE_THRESHOLD
+
+
+def training_reference(dataset: Dataset, onnx_bytes: bytes) -> dict:
+    """The reference profile over the first training images, answered by the float ONNX graph."""
+    inputs = to_model_input(dataset.x_train[:REFERENCE_SAMPLES])
+    return reference_profile(inputs, onnx_probabilities(onnx_bytes, inputs), LOW_CONFIDENCE_THRESHOLD,
+                             source=f"the first {len(inputs)} images of the training split")
+
+
+def add_reference(models_dir: Path, name: str, version: int, dataset: Dataset) -> dict:
+    """Record the reference in an already published version's metadata.json (replaced atomically; the file is
+    not among the hashed ones, so the version stays valid)."""
+    from training.artifact import ONNX_FILE
+    from training.publish import model_dir, read_metadata, write_text_atomically
+
+    folder = model_dir(models_dir, name) / str(version)
+    metadata = read_metadata(models_dir, name, version)
+    metadata["monitoring_reference"] = training_reference(dataset, (folder / ONNX_FILE).read_bytes())
+    write_text_atomically(folder / "metadata.json", json.dumps(metadata, indent=2) + "\n")
+    return metadata["monitoring_reference"]

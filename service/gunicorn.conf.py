@@ -21,7 +21,8 @@ bind = f"{settings.host}:{settings.port}"
 workers = settings.workers
 worker_class = settings.gunicorn_worker_class
 worker_connections = settings.worker_connections
-keepalive = math.ceil(settings.keepalive_seconds)  # the sync worker has no keep-alive; the gevent worker applies it itself
+# The sync worker has no keep-alive; the gevent worker applies it itself.
+keepalive = math.ceil(settings.keepalive_seconds)
 timeout = math.ceil(settings.worker_timeout_seconds)
 # The master's limit after SIGTERM covers the workers' drain and then their requests in flight.
 graceful_timeout = math.ceil(settings.drain_seconds + settings.graceful_timeout_seconds)

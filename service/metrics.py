@@ -134,7 +134,9 @@ def state_families(ready: bool, histories: dict[str, list[dict]]) -> list[Metric
     return [ready_family, runs, *families.values()]
 
 
-class _Fixed(Collector):
+class _ReadFamilies(Collector):
+    """Metric families already read (``state_families``), handed to a registry for one exposition."""
+
     def __init__(self, families: Iterable[Metric]):
         self.families = list(families)
 
@@ -150,5 +152,5 @@ def render_metrics(extra: Iterable[Metric] = ()) -> tuple[bytes, str]:
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
     state = CollectorRegistry()
-    state.register(_Fixed(extra))
+    state.register(_ReadFamilies(extra))
     return generate_latest(registry) + generate_latest(state), CONTENT_TYPE_LATEST

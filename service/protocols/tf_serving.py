@@ -163,7 +163,7 @@ def call(target: str, name: str | None = None):
     head, _, verb = target.rpartition(":")
     name, version = (head, None) if name is None else (name, head)
     if not head or verb not in ("predict", "classify"):
-        raise NotFound(f"no such endpoint; POST /v1/models/<model>[/versions/<version>]:predict or :classify")
+        raise NotFound("no such endpoint; POST /v1/models/<model>[/versions/<version>]:predict or :classify")
     model = served_model(name, version)
     document = parse_body(request.get_data(cache=False))
     if verb == "classify":

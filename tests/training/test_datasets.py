@@ -11,7 +11,6 @@ from training.datasets import (
     DatasetError,
     load_dataset,
     load_fashion_mnist_idx,
-    load_image_folder,
 )
 
 

@@ -12,7 +12,7 @@ import numpy as np
 
 from service import metrics
 from service.errors import InvalidTensor
-from service.images import inspect_image
+from service.images import UploadFacts, inspect_image
 from service.model_monitor import ModelMonitor
 from service.registry import LoadedModel
 
@@ -56,7 +56,8 @@ def check_pixels(model: LoadedModel, pixels: np.ndarray) -> np.ndarray:
     return pixels
 
 
-def _predict(model: LoadedModel, batch: np.ndarray, started: float, uploads=None) -> np.ndarray:
+def _predict(model: LoadedModel, batch: np.ndarray, started: float,
+             uploads: list[UploadFacts] | None = None) -> np.ndarray:
     prepared = time.perf_counter()
     probabilities = model.runtime.predict(batch)
     inferred = time.perf_counter()

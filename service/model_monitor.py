@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import Counter
+from typing import NamedTuple
 
 import numpy as np
 
@@ -40,13 +41,23 @@ def write_histogram(child, values: np.ndarray) -> None:
         child._buckets[index].inc(int(counts[index]))
 
 
+class Observation(NamedTuple):
+    """One classified batch, queued until the next flush."""
+
+    model: LoadedModel
+    batch: np.ndarray
+    probabilities: np.ndarray
+    predicted: list[int]
+    uploads: list[UploadFacts] | None
+
+
 class ModelMonitor:
     def __init__(self, enabled: bool = True, low_confidence_threshold: float = 0.5, window_images: int = 1000):
         self.enabled = enabled
         self.low_confidence_threshold = low_confidence_threshold
         self.window_images = window_images
         self._windows: dict[tuple[str, int], DriftWindow | None] = {}
-        self._queued: list[tuple] = []
+        self._queued: list[Observation] = []
         self._queued_images = 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -57,7 +68,7 @@ class ModelMonitor:
         if not self.enabled:
             return
         with self._lock:  # the gevent worker runs one greenlet at a time; this guards the flushing thread
-            self._queued.append((model, batch, probabilities, predicted, uploads))
+            self._queued.append(Observation(model, batch, probabilities, predicted, uploads))
             self._queued_images += len(predicted)
             if self._queued_images >= FLUSH_EVERY_IMAGES:
                 self._flush_locked()
@@ -69,33 +80,33 @@ class ModelMonitor:
 
     def _flush_locked(self) -> None:
         queued, self._queued, self._queued_images = self._queued, [], 0
-        by_model: dict[tuple[str, int], list[tuple]] = {}
-        for item in queued:
-            by_model.setdefault((item[0].name, item[0].version), []).append(item)
-        for items in by_model.values():
-            self._record(items)
+        by_version: dict[tuple[str, int], list[Observation]] = {}
+        for observation in queued:
+            by_version.setdefault((observation.model.name, observation.model.version), []).append(observation)
+        for observations in by_version.values():
+            self._record(observations)
         for (name, _), window in self._windows.items():
             if window is not None and window.filled:
                 for signal, value in window.psi().items():
                     metrics.series(metrics.DRIFT_PSI, name, signal).set(value)
                 metrics.series(metrics.DRIFT_WINDOW, name).set(window.filled)
 
-    def _record(self, items: list[tuple]) -> None:
+    def _record(self, observations: list[Observation]) -> None:
         """The queued batches of one model version, recorded at once."""
-        model = items[0][0]
+        model = observations[0].model
         name = model.name
-        batch = np.concatenate([item[1] for item in items])
-        predicted = [index for item in items for index in item[3]]
-        probabilities = np.concatenate([item[2] for item in items])
+        batch = np.concatenate([o.batch for o in observations])
+        predicted = [index for o in observations for index in o.predicted]
+        probabilities = np.concatenate([o.probabilities for o in observations])
         top1 = probabilities[np.arange(len(predicted)), predicted]
-        means, contrasts = (np.asarray(values) for values in image_statistics(batch))
+        means, contrasts = image_statistics(batch)
         write_histogram(metrics.series(metrics.TOP1_PROBABILITY, name), top1)
         write_histogram(metrics.series(metrics.INPUT_MEAN, name), means)
         write_histogram(metrics.series(metrics.INPUT_CONTRAST, name), contrasts)
         low = int(np.count_nonzero(top1 < self.low_confidence_threshold))
         if low:
             metrics.series(metrics.LOW_CONFIDENCE, name).inc(low)
-        uploads = [facts for item in items if item[4] for facts in item[4]]
+        uploads = [facts for o in observations if o.uploads for facts in o.uploads]
         if uploads:
             kinds = Counter((facts.format.lower(), "color" if facts.color else "gray") for facts in uploads)
             for (file_format, color), count in kinds.items():

@@ -24,16 +24,12 @@ PSI_FLOOR = 1e-4  # an empty bin counts as this fraction: PSI stays finite
 SIGNALS = ("mean_intensity", "contrast", "predicted_class")
 
 
-def image_statistics(batch: np.ndarray) -> tuple[list[float], list[float]]:
+def image_statistics(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per image of a normalized batch: mean intensity and contrast (standard deviation), both in [0, 1]."""
     flat = batch.reshape(len(batch), -1)
-    size = flat.shape[1]
-    if len(flat) == 1:  # the usual request: two reductions, the rest in plain Python
-        mean = float(flat[0].sum()) / size
-        return [mean], [math.sqrt(max(float(flat[0] @ flat[0]) / size - mean * mean, 0.0))]
-    means = flat.sum(axis=1) / size
-    squares = np.einsum("ij,ij->i", flat, flat) / size
-    return means.tolist(), np.sqrt(np.maximum(squares - means * means, 0.0)).tolist()
+    means = flat.sum(axis=1) / flat.shape[1]
+    squares = np.einsum("ij,ij->i", flat, flat) / flat.shape[1]
+    return means, np.sqrt(np.maximum(squares - means * means, 0.0))
 
 
 def quantile_edges(values: np.ndarray, bins: int = REFERENCE_BINS) -> list[float]:
@@ -49,7 +45,7 @@ def bin_fractions(values: np.ndarray, edges: list[float]) -> list[float]:
 def reference_profile(batch: np.ndarray, probabilities: np.ndarray, low_confidence_threshold: float,
                       source: str) -> dict:
     """What the model saw and said on ``batch`` (normalized images of its training data), for metadata.json."""
-    means, contrasts = (np.asarray(values) for values in image_statistics(batch))
+    means, contrasts = image_statistics(batch)
     top1 = probabilities.max(axis=1)
     predicted = np.bincount(probabilities.argmax(axis=1), minlength=probabilities.shape[1]) / len(batch)
     profile = {"source": source, "samples": int(len(batch))}

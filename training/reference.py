@@ -11,12 +11,13 @@ import json
 from pathlib import Path
 
 from service.monitoring import reference_profile
+from service.settings import Settings
 from training.datasets import Dataset
 from training.export import onnx_probabilities
 from training.train import to_model_input
 
 REFERENCE_SAMPLES = 5000
-LOW_CONFIDENCE_THRESHOLD = 0.5  # the service's default LOW_CONFIDENCE_THRESHOLD
+LOW_CONFIDENCE_THRESHOLD = Settings.low_confidence_threshold  # the service's default
 
 
 def training_reference(dataset: Dataset, onnx_bytes: bytes) -> dict:

@@ -19,6 +19,7 @@ def _positive(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from training.datasets import SPECS
+    from training.feedback import DEFAULT_CAP, DEFAULT_WEIGHT
 
     parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
     parser.add_argument("--models-dir", type=Path, default=Path(os.environ.get("MODELS_DIR", "models")),
@@ -53,6 +54,16 @@ def build_parser() -> argparse.ArgumentParser:
     retrain.add_argument("--seed", type=int, help="default: a new seed each run")
     retrain.add_argument("--train-limit", type=_positive)
     retrain.add_argument("--test-limit", type=_positive)
+    retrain.add_argument("--feedback-dir", default=os.environ.get("FEEDBACK_DIR") or None,
+                         help="the service's feedback folder (default: FEEDBACK_DIR, else <models-dir>/.feedback)")
+    retrain.add_argument("--database-url", default=os.environ.get("DATABASE_URL") or None,
+                         help="the feedback database, when not the folder's SQLite file (default: DATABASE_URL)")
+    retrain.add_argument("--feedback-weight", type=float,
+                         default=float(os.environ.get("FEEDBACK_WEIGHT", DEFAULT_WEIGHT)),
+                         help="loss weight of a feedback image relative to a public one (default: %(default)s)")
+    retrain.add_argument("--feedback-cap", type=int, default=int(os.environ.get("FEEDBACK_CAP", DEFAULT_CAP)),
+                         help="use at most this many of the newest feedback images (default: %(default)s)")
+    retrain.add_argument("--no-feedback", action="store_true", help="train on the public data only")
 
     rollback = commands.add_parser("rollback", help="point 'current' back at an older version")
     rollback.add_argument("dataset", choices=sorted(SPECS))
@@ -91,9 +102,13 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "retrain":
             from training.retrain import retrain_recording_failures
 
+            from training.retrain import FeedbackOptions
+
+            feedback = None if args.no_feedback else FeedbackOptions(
+                args.feedback_dir, args.database_url, args.feedback_weight, args.feedback_cap)
             retrain_recording_failures(args.dataset, args.models_dir, args.data_dir, tolerance=args.tolerance,
-                                       keep_versions=args.keep, epochs=args.epochs, seed=args.seed,
-                                       train_limit=args.train_limit, test_limit=args.test_limit)
+                                       keep_versions=args.keep, feedback=feedback, epochs=args.epochs,
+                                       seed=args.seed, train_limit=args.train_limit, test_limit=args.test_limit)
         elif args.command == "reference":
             from training.datasets import load_dataset
             from training.publish import list_versions

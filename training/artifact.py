@@ -6,6 +6,7 @@ preprocessing) and what it was measured to do. The service reads nothing from th
 
 from __future__ import annotations
 
+import copy
 import json
 import platform
 import time
@@ -16,6 +17,7 @@ import numpy as np
 import onnx
 
 from training.datasets import Dataset
+from training.evaluation import calibration_figures, reliability_bins
 from training.export import ONNX_OPSET, keras_to_onnx, onnx_probabilities
 from training.modelcard import write_model_card
 from training.publish import METADATA_FILE, sha256_file
@@ -60,6 +62,7 @@ def export_and_verify(result: TrainingResult) -> tuple[bytes, dict]:
         "test_accuracy": correct / len(result.test_labels),
         "correct": correct,
         "samples": int(len(result.test_labels)),
+        **calibration_figures(result.test_labels, probabilities),
     }
     return onnx_bytes, report
 
@@ -92,6 +95,7 @@ def build_metadata(dataset: Dataset, result: TrainingResult, version: int, onnx_
         "metrics": {
             "test": result.test_metrics,
             "validation": result.validation_metrics,
+            **({"production": result.extra["production"]} if "production" in result.extra else {}),
         },
         "training": {
             "config": result.config.to_json(),
@@ -147,6 +151,14 @@ def write_artifact(folder: Path, version: int, dataset: Dataset, result: Trainin
         samples["probabilities_onnx_int8"] = onnx_probabilities(int8_bytes, result.test_inputs[:count])
     np.savez_compressed(folder / VERIFICATION_FILE, **samples)
     metadata = build_metadata(dataset, result, version, onnx_report, int8_report)
+    if result.calibration is not None:
+        served = "onnx_int8" if int8_bytes is not None else "onnx"
+        served_probabilities = onnx_probabilities(int8_bytes or onnx_bytes, result.test_inputs)
+        calibration = copy.deepcopy(result.calibration)
+        calibration["served"] = {"runtime": served, **calibration_figures(result.test_labels, served_probabilities)}
+        calibration["reliability"] = {"before": calibration["test"].pop("reliability_before"),
+                                      "served": reliability_bins(result.test_labels, served_probabilities)}
+        metadata["calibration"] = calibration
     metadata["monitoring_reference"] = training_reference(dataset, onnx_bytes)
     write_model_card(folder, metadata)
     metadata["files"] = {p.name: sha256_file(p) for p in sorted(folder.iterdir()) if p.is_file()}

@@ -41,3 +41,75 @@ def classification_metrics(y_true: np.ndarray, probabilities: np.ndarray, classe
         ],
         "confusion_matrix": matrix.tolist(),
     }
+
+
+CALIBRATION_BINS = 15
+
+
+def reliability_bins(y_true: np.ndarray, probabilities: np.ndarray, bins: int = CALIBRATION_BINS) -> list[dict]:
+    """Equal-width bins of top-1 probability: per bin, how many images, their mean confidence and accuracy."""
+    confidence = probabilities.max(axis=1).astype(np.float64)
+    correct = probabilities.argmax(axis=1) == np.asarray(y_true).reshape(-1)
+    # Bin i holds confidences in (i/bins, (i+1)/bins]; a confidence of exactly 0 joins the first bin.
+    index = np.clip(np.ceil(confidence * bins).astype(np.int64) - 1, 0, bins - 1)
+    rows = []
+    for i in range(bins):
+        chosen = index == i
+        count = int(chosen.sum())
+        rows.append({"lower": i / bins, "upper": (i + 1) / bins, "samples": count,
+                     "confidence": float(confidence[chosen].mean()) if count else None,
+                     "accuracy": float(correct[chosen].mean()) if count else None})
+    return rows
+
+
+def expected_calibration_error(y_true: np.ndarray, probabilities: np.ndarray, bins: int = CALIBRATION_BINS) -> float:
+    """ECE: the sample-weighted mean gap between confidence and accuracy over the reliability bins."""
+    total = len(probabilities)
+    return float(sum(row["samples"] / total * abs(row["confidence"] - row["accuracy"])
+                     for row in reliability_bins(y_true, probabilities, bins) if row["samples"]))
+
+
+def negative_log_likelihood(y_true: np.ndarray, probabilities: np.ndarray) -> float:
+    picked = probabilities[np.arange(len(probabilities)), np.asarray(y_true).reshape(-1)]
+    return float(-np.mean(np.log(np.clip(picked.astype(np.float64), 1e-12, 1.0))))
+
+
+def calibration_figures(y_true: np.ndarray, probabilities: np.ndarray) -> dict:
+    return {"ece": round(expected_calibration_error(y_true, probabilities), 6),
+            "nll": round(negative_log_likelihood(y_true, probabilities), 6)}
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    exponentials = np.exp(shifted)
+    return exponentials / exponentials.sum(axis=1, keepdims=True)
+
+
+def fit_temperature(logits: np.ndarray, y_true: np.ndarray, iterations: int = 80) -> float:
+    """The temperature T minimizing the NLL of softmax(logits / T) (Guo et al. 2017).
+
+    The NLL is convex in 1/T, so a golden-section search over log T in [e^-3, e^3] finds the minimum; it is
+    deterministic, so the same logits always give the same temperature.
+    """
+    logits = np.asarray(logits, np.float64)
+    y_true = np.asarray(y_true).reshape(-1)
+
+    def nll(log_t: float) -> float:
+        scaled = logits / np.exp(log_t)
+        log_norm = np.log(np.exp(scaled - scaled.max(axis=1, keepdims=True)).sum(axis=1)) + scaled.max(axis=1)
+        return float(np.mean(log_norm - scaled[np.arange(len(scaled)), y_true]))
+
+    ratio = (np.sqrt(5) - 1) / 2
+    low, high = -3.0, 3.0
+    a, b = high - ratio * (high - low), low + ratio * (high - low)
+    fa, fb = nll(a), nll(b)
+    for _ in range(iterations):
+        if fa < fb:
+            high, b, fb = b, a, fa
+            a = high - ratio * (high - low)
+            fa = nll(a)
+        else:
+            low, a, fa = a, b, fb
+            b = low + ratio * (high - low)
+            fb = nll(b)
+    return float(np.exp((low + high) / 2))

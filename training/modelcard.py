@@ -13,6 +13,7 @@ import numpy as np  # noqa: E402
 MODEL_CARD_FILE = "MODEL_CARD.md"
 CURVES_FILE = "learning_curves.png"
 CONFUSION_FILE = "confusion_matrix.png"
+RELIABILITY_FILE = "reliability.png"
 
 
 def plot_learning_curves(history: dict[str, list[float]], path: Path) -> None:
@@ -47,6 +48,57 @@ def plot_confusion_matrix(matrix: list[list[int]], classes: list[str], path: Pat
     plt.close(figure)
 
 
+def plot_reliability(reliability: dict[str, list[dict]], path: Path) -> None:
+    """Accuracy against confidence per bin, before and after calibration; the diagonal is perfect calibration."""
+    figure, axis = plt.subplots(figsize=(4.6, 4.2), dpi=80)
+    axis.plot([0, 1], [0, 1], color="gray", linestyle="--", linewidth=1, label="perfectly calibrated")
+    for key, label, marker in (("before", "before calibration", "o"), ("served", "as served", "s")):
+        rows = [r for r in reliability.get(key, []) if r["samples"]]
+        axis.plot([r["confidence"] for r in rows], [r["accuracy"] for r in rows], marker=marker, label=label)
+    axis.set_xlabel("top-1 probability (bin mean)")
+    axis.set_ylabel("accuracy")
+    axis.set_xlim(0, 1)
+    axis.set_ylim(0, 1)
+    axis.grid(alpha=0.3)
+    axis.legend(loc="upper left")
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+
+
+def calibration_section(metadata: dict) -> str:
+    calibration = metadata.get("calibration")
+    if not calibration:
+        return ""
+    validation, test, served = calibration["validation"], calibration["test"], calibration["served"]
+    return f"""
+## Calibration
+Temperature scaling: T = {calibration['temperature']:.4f}, fitted on the {validation['samples']:,} validation
+images and divided into the output layer, so every runtime returns calibrated probabilities.
+
+| | ECE (15 bins) before | after | NLL before | after |
+|---|---|---|---|---|
+| validation | {validation['before']['ece']:.4f} | {validation['after']['ece']:.4f} | {validation['before']['nll']:.4f} | {validation['after']['nll']:.4f} |
+| test | {test['before']['ece']:.4f} | {test['after']['ece']:.4f} | {test['before']['nll']:.4f} | {test['after']['nll']:.4f} |
+
+As served (`{served['runtime']}`), on the test split: ECE **{served['ece']:.4f}**, NLL {served['nll']:.4f}.
+
+![reliability diagram]({RELIABILITY_FILE})
+"""
+
+
+def production_section(metadata: dict) -> str:
+    production = metadata.get("metrics", {}).get("production")
+    if not production:
+        return ""
+    return f"""
+## Production feedback
+{production['train_samples']:,} labeled images from production feedback were added to the training data (loss
+weight {production['weight']}); {production['samples']:,} more, held out, form the production set:
+**accuracy {production['accuracy']:.2%}** on it.
+"""
+
+
 def render_model_card(metadata: dict) -> str:
     test = metadata["metrics"]["test"]
     training = metadata["training"]
@@ -67,6 +119,7 @@ def render_model_card(metadata: dict) -> str:
     layers = " -> ".join(["Flatten", "standardize"] + [f"Dense({u})-BN-ReLU-Dropout({config['dropout']})"
                                                         for u in config["hidden_units"]] + ["Dense(10, softmax)"])
     note = metadata["data"].get("note")
+    mixup = f"MixUp alpha {config['mixup_alpha']}" if config.get("mixup_alpha") else "no MixUp"
     return f"""# {metadata['name']} v{metadata['version']}
 
 Dense-only image classifier ({metadata['input']['color_mode']} {'x'.join(map(str, metadata['input']['shape']))}),
@@ -83,15 +136,16 @@ The float32 ONNX graph agrees with Keras on {onnx_report['agreement_with_keras']
 {rows}
 
 ![confusion matrix]({CONFUSION_FILE})
-
+{calibration_section(metadata)}{production_section(metadata)}
 ## Training
 `{layers}`
 
 {training['epochs_run']} epochs in {training['duration_seconds'] / 60:.1f} minutes; AdamW (learning rate
 {config['learning_rate']}, weight decay {config['weight_decay']}, cosine schedule with warm-up), batch
 {config['batch_size']}, label smoothing {config['label_smoothing']}, random flips: {config['flip']},
-random shifts up to {config['max_shift']} px, seed {config['seed']}. {config['validation_size']} training images
-were held out for the validation curve; the test split was not used until the end.
+random shifts up to {config['max_shift']} px, {mixup}, seed {config['seed']}.
+{config['validation_size']} training images were held out for the validation curve and calibration; the test
+split was not used until the end.
 
 ![learning curves]({CURVES_FILE})
 
@@ -114,4 +168,6 @@ still forced into one of them.
 def write_model_card(folder: Path, metadata: dict) -> None:
     plot_learning_curves(metadata["training"]["history"], folder / CURVES_FILE)
     plot_confusion_matrix(metadata["metrics"]["test"]["confusion_matrix"], metadata["classes"], folder / CONFUSION_FILE)
+    if metadata.get("calibration"):
+        plot_reliability(metadata["calibration"]["reliability"], folder / RELIABILITY_FILE)
     (folder / MODEL_CARD_FILE).write_text(render_model_card(metadata))

@@ -67,7 +67,7 @@ def evaluate_version(models_dir: Path, name: str, dataset: Dataset, version: int
     import keras
 
     from training.artifact import KERAS_FILE
-    from training.evaluation import classification_metrics
+    from training.evaluation import calibration_figures, classification_metrics
     from training.publish import current_version, model_dir, read_metadata
     from training.train import to_model_input
 
@@ -78,8 +78,27 @@ def evaluate_version(models_dir: Path, name: str, dataset: Dataset, version: int
     count = test_count or metadata["metrics"]["test"]["samples"]
     model = keras.models.load_model(model_dir(models_dir, name) / str(version) / KERAS_FILE)
     probabilities = model.predict(to_model_input(dataset.x_test[:count]), batch_size=1000, verbose=0)
-    return {"version": version, "recorded": metadata["metrics"]["test"],
-            "measured": classification_metrics(dataset.y_test[:count], probabilities, dataset.spec.classes)}
+    measured = classification_metrics(dataset.y_test[:count], probabilities, dataset.spec.classes)
+    recorded = dict(metadata["metrics"]["test"])
+    if "calibration" in metadata:
+        measured["calibration"] = calibration_figures(dataset.y_test[:count], probabilities)
+        recorded["calibration"] = metadata["calibration"]["test"]["after"]
+    return {"version": version, "recorded": recorded, "measured": measured}
+
+
+def version_accuracy(models_dir: Path, name: str, version: int, images, labels) -> float:
+    """A published version's accuracy on some uint8 images, from its saved Keras model (calibrated or not,
+    the top-1 class is the same)."""
+    import keras
+    import numpy as np
+
+    from training.artifact import KERAS_FILE
+    from training.publish import model_dir
+    from training.train import to_model_input
+
+    model = keras.models.load_model(model_dir(models_dir, name) / str(version) / KERAS_FILE)
+    probabilities = model.predict(to_model_input(images), batch_size=1000, verbose=0)
+    return float(np.mean(probabilities.argmax(axis=1) == labels))
 
 
 def evaluate_command(name: str, models_dir: Path, data_dir: Path | None, version: int | None,

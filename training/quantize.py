@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from training.evaluation import calibration_figures
 from training.export import INPUT_NAME, onnx_probabilities
 
 CALIBRATION_IMAGES = 2000
@@ -92,6 +93,7 @@ def quantize_and_measure(onnx_bytes: bytes, train_inputs: np.ndarray, test_input
         "samples": int(len(test_labels)),
         "agreement_with_keras": float(np.mean(predictions == reference_probabilities.argmax(axis=1))),
         "max_abs_diff_vs_keras": float(np.max(np.abs(probabilities - reference_probabilities))),
+        **calibration_figures(test_labels, probabilities),
     }
     loss = reference_accuracy - report["test_accuracy"]
     if loss > MAX_ACCURACY_LOSS + 1e-9:  # exactly the allowed loss is allowed, whatever the float rounding

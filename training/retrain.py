@@ -12,7 +12,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from training.datasets import load_dataset
-from training.pipeline import evaluate_version, make_config, publish_result
+from training.feedback import (
+    DEFAULT_CAP,
+    DEFAULT_PRODUCTION_FRACTION,
+    DEFAULT_WEIGHT,
+    feedback_location,
+    load_feedback,
+)
+from training.pipeline import evaluate_version, make_config, publish_result, version_accuracy
 from training.publish import (
     PublishError,
     append_history,
@@ -28,21 +35,43 @@ DEFAULT_KEEP_VERSIONS = 5
 
 
 @dataclass(frozen=True)
+class FeedbackOptions:
+    """Where the service's feedback is (FEEDBACK_DIR, DATABASE_URL) and how much of it training uses."""
+
+    folder: str | None = None  # default: <models>/.feedback
+    database_url: str | None = None
+    weight: float = DEFAULT_WEIGHT
+    cap: int = DEFAULT_CAP
+    production_fraction: float = DEFAULT_PRODUCTION_FRACTION
+
+
+@dataclass(frozen=True)
 class Decision:
     promote: bool
     reason: str
 
 
-def decide_promotion(candidate_accuracy: float, champion_accuracy: float | None, tolerance: float) -> Decision:
-    """Promote when there is no champion, or the candidate is within ``tolerance`` of it or better."""
+def decide_promotion(candidate_accuracy: float, champion_accuracy: float | None, tolerance: float,
+                     production: tuple[float, float] | None = None) -> Decision:
+    """Promote when there is no champion, or the candidate is within ``tolerance`` of it or better on the test
+    split and, when there is a production set, (candidate, champion) ``production``, on that too."""
     if champion_accuracy is None:
         return Decision(True, "no current version to compare with")
     margin = candidate_accuracy - champion_accuracy
     if margin >= -tolerance:
-        return Decision(True, f"candidate {candidate_accuracy:.4f} >= champion {champion_accuracy:.4f} "
-                              f"- tolerance {tolerance:.4f}")
-    return Decision(False, f"candidate {candidate_accuracy:.4f} < champion {champion_accuracy:.4f} "
-                           f"- tolerance {tolerance:.4f}")
+        reason = (f"candidate {candidate_accuracy:.4f} >= champion {champion_accuracy:.4f} "
+                  f"- tolerance {tolerance:.4f}")
+    else:
+        return Decision(False, f"candidate {candidate_accuracy:.4f} < champion {champion_accuracy:.4f} "
+                               f"- tolerance {tolerance:.4f}")
+    if production is None:
+        return Decision(True, reason)
+    candidate_production, champion_production = production
+    if candidate_production - champion_production >= -tolerance:
+        return Decision(True, f"{reason}; on production feedback {candidate_production:.4f} >= "
+                              f"{champion_production:.4f} - tolerance {tolerance:.4f}")
+    return Decision(False, f"on production feedback candidate {candidate_production:.4f} < champion "
+                           f"{champion_production:.4f} - tolerance {tolerance:.4f} (test: {reason})")
 
 
 @dataclass(frozen=True)
@@ -54,6 +83,7 @@ class RetrainOutcome:
     champion_version: int | None
     champion_accuracy: float | None
     pruned: list[int]
+    production: dict | None = None
 
 
 def retrain(
@@ -63,23 +93,44 @@ def retrain(
     tolerance: float = DEFAULT_TOLERANCE,
     keep_versions: int = DEFAULT_KEEP_VERSIONS,
     report: Callable[[str], None] = print,
+    feedback: FeedbackOptions | None = FeedbackOptions(),
     **overrides,
 ) -> RetrainOutcome:
-    """Train a candidate, compare it with the current version on the same test images, publish, maybe promote."""
+    """Train a candidate, compare it with the current version on the same test images (and production set),
+    publish, maybe promote. ``feedback=None`` ignores stored feedback."""
     dataset = load_dataset(name, data_dir)
+    production_data = None
+    if feedback is not None:
+        folder, url = feedback_location(models_dir, feedback.folder, feedback.database_url)
+        production_data = load_feedback(name, dataset.spec.classes, dataset.spec.image_shape, folder, url,
+                                        feedback.weight, feedback.cap, feedback.production_fraction)
+        if production_data.empty:
+            production_data = None
     if overrides.get("seed") is None:
         overrides["seed"] = int(time.time()) % 2**31  # a fresh candidate each run unless a seed is given
     config = make_config(name, **overrides)
     champion_version = current_version(models_dir, name)
 
-    result = train_and_evaluate(dataset, config, report)
+    result = train_and_evaluate(dataset, config, report, production_data)
     champion_accuracy = None
+    production = None
     if champion_version is not None:
         # Same images as the candidate: the champion is re-measured, not trusted from its metadata.
         champion = evaluate_version(models_dir, name, dataset, champion_version,
                                     test_count=result.test_metrics["samples"])
         champion_accuracy = champion["measured"]["accuracy"]
-    decision = decide_promotion(result.test_metrics["accuracy"], champion_accuracy, tolerance)
+    if "production" in result.extra:
+        production = {"samples": result.extra["production"]["samples"],
+                      "candidate": result.extra["production"]["accuracy"], "champion": None,
+                      "train_samples": result.extra["production"]["train_samples"],
+                      "weight": result.extra["production"]["weight"]}
+        if champion_version is not None:
+            production["champion"] = version_accuracy(models_dir, name, champion_version,
+                                                      production_data.x_production, production_data.y_production)
+    decision = decide_promotion(
+        result.test_metrics["accuracy"], champion_accuracy, tolerance,
+        (production["candidate"], production["champion"]) if production and production["champion"] is not None
+        else None)
     published, metadata = publish_result(dataset, result, models_dir, promote=decision.promote)
     candidate_accuracy = metadata["metrics"]["test"]["accuracy"]
     append_history(models_dir, name, {
@@ -92,12 +143,13 @@ def retrain(
         "candidate": {"version": published.version, "accuracy": candidate_accuracy,
                       "samples": metadata["metrics"]["test"]["samples"], "seed": config.seed},
         "champion": {"version": champion_version, "accuracy": champion_accuracy},
+        **({"production": production} if production else {}),
     })
     pruned = prune_versions(models_dir, name, keep_versions)
     report(f"{name} v{published.version}: {'PROMOTED' if decision.promote else 'kept as challenger'} "
            f"({decision.reason}){'; pruned v' + ', v'.join(map(str, pruned)) if pruned else ''}")
     return RetrainOutcome(published.version, decision.promote, decision.reason, candidate_accuracy,
-                          champion_version, champion_accuracy, pruned)
+                          champion_version, champion_accuracy, pruned, production)
 
 
 def retrain_recording_failures(name: str, models_dir: Path, *args, **kwargs) -> RetrainOutcome:

@@ -12,8 +12,16 @@ import keras
 import numpy as np
 
 from training.architectures import build_mlp
+from training.augment import training_batches
 from training.datasets import Dataset
-from training.evaluation import classification_metrics
+from training.feedback import FeedbackData
+from training.evaluation import (
+    calibration_figures,
+    classification_metrics,
+    fit_temperature,
+    reliability_bins,
+    softmax,
+)
 
 
 @dataclass(frozen=True)
@@ -30,6 +38,7 @@ class TrainingConfig:
     label_smoothing: float = 0.1
     flip: bool = True  # random horizontal flips of training images
     max_shift: int = 0  # random translation of training images by up to this many pixels
+    mixup_alpha: float = 0.0  # MixUp of training images and labels, Beta(alpha, alpha); 0 turns it off
     validation_size: int = 5000  # held out of the training split for the learning curves
     seed: int = 0
     train_limit: int | None = None  # train on the first N (shuffled) images: quick runs and tests
@@ -43,7 +52,8 @@ class TrainingConfig:
 DEFAULT_CONFIGS = {
     "fashion_mnist": TrainingConfig("fashion_mnist", epochs=40, hidden_units=(512, 256), dropout=0.3,
                                     validation_size=3000),
-    "cifar10": TrainingConfig("cifar10", epochs=35, hidden_units=(384, 256), dropout=0.2, max_shift=2),
+    "cifar10": TrainingConfig("cifar10", epochs=45, hidden_units=(1024, 512), dropout=0.2, batch_size=256,
+                              max_shift=2),
 }
 
 
@@ -59,56 +69,13 @@ class TrainingResult:
     test_probabilities: np.ndarray
     standardization: dict
     duration_seconds: float
+    calibration: dict | None = None
     extra: dict = field(default_factory=dict)
 
 
 def to_model_input(images: np.ndarray) -> np.ndarray:
     """uint8 pixels -> float32 in [0, 1]: the preprocessing contract the service implements."""
     return images.astype(np.float32) / np.float32(255.0)
-
-
-class AugmentedBatches(keras.utils.PyDataset):
-    """Shuffled mini-batches with random flips and shifts, reproducible from one seed."""
-
-    def __init__(self, images: np.ndarray, labels: np.ndarray, config: TrainingConfig):
-        super().__init__(workers=1, use_multiprocessing=False)
-        self.images = images
-        self.labels = keras.utils.to_categorical(labels, 10).astype(np.float32)
-        self.config = config
-        self.rng = np.random.default_rng(config.seed)
-        self.order = np.arange(len(images))
-        self.on_epoch_end()
-
-    def __len__(self) -> int:
-        return math.ceil(len(self.images) / self.config.batch_size)
-
-    def on_epoch_end(self) -> None:
-        self.order = self.rng.permutation(len(self.images))
-
-    def __getitem__(self, index: int):
-        picked = self.order[index * self.config.batch_size:(index + 1) * self.config.batch_size]
-        batch = self.images[picked].copy()
-        if self.config.flip:
-            flip = self.rng.random(len(batch)) < 0.5
-            batch[flip] = batch[flip][:, :, ::-1]
-        if self.config.max_shift:
-            batch = random_shift(batch, self.config.max_shift, self.rng)
-        return to_model_input(batch), self.labels[picked]
-
-
-def random_shift(images: np.ndarray, max_shift: int, rng: np.random.Generator) -> np.ndarray:
-    """Translate each image by up to ``max_shift`` pixels, filling with the edge pixels."""
-    pad = [(0, 0), (max_shift, max_shift), (max_shift, max_shift)] + [(0, 0)] * (images.ndim - 3)
-    padded = np.pad(images, pad, mode="edge")
-    height, width = images.shape[1:3]
-    dy = rng.integers(0, 2 * max_shift + 1, len(images))
-    dx = rng.integers(0, 2 * max_shift + 1, len(images))
-    out = np.empty_like(images)
-    for oy in range(2 * max_shift + 1):
-        for ox in range(2 * max_shift + 1):
-            chosen = (dy == oy) & (dx == ox)
-            out[chosen] = padded[chosen, oy:oy + height, ox:ox + width]
-    return out
 
 
 class ProgressLine(keras.callbacks.Callback):
@@ -144,9 +111,13 @@ def channel_statistics(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mean.astype(np.float32), std.astype(np.float32)
 
 
-def train_and_evaluate(dataset: Dataset, config: TrainingConfig,
-                       report: Callable[[str], None] = print) -> TrainingResult:
-    """Train on the training split (less a validation hold-out), then evaluate once on the test split."""
+def train_and_evaluate(dataset: Dataset, config: TrainingConfig, report: Callable[[str], None] = print,
+                       feedback: FeedbackData | None = None) -> TrainingResult:
+    """Train on the training split (less a validation hold-out), then evaluate once on the test split.
+
+    ``feedback`` adds production images to the training data, with their loss weight, and its held-out part
+    is evaluated like the test split. Without it (or with none stored) the run is exactly the public one.
+    """
     started = time.monotonic()
     keras.utils.set_random_seed(config.seed)
     _make_deterministic()
@@ -164,8 +135,17 @@ def train_and_evaluate(dataset: Dataset, config: TrainingConfig,
     mean, std = channel_statistics(x_train)
     model = build_mlp(dataset.spec.name, dataset.spec.image_shape, len(dataset.spec.classes),
                       config.hidden_units, config.dropout, mean, std)
-    batches = AugmentedBatches(x_train, y_train, config)
-    steps = config.epochs * len(batches)
+    weights = None
+    if feedback is not None and len(feedback.y_train):
+        weights = np.concatenate([np.ones(len(y_train), np.float32),
+                                  np.full(len(feedback.y_train), feedback.weight, np.float32)])
+        x_train = np.concatenate([x_train, feedback.x_train])
+        y_train = np.concatenate([y_train, feedback.y_train])
+        report(f"feedback: {len(feedback.y_train)} production images added (loss weight {feedback.weight}), "
+               f"{len(feedback.y_production)} held out")
+    batches = training_batches(x_train, y_train, len(dataset.spec.classes), config.batch_size, config.seed,
+                               config.flip, config.max_shift, config.mixup_alpha, weights)
+    steps = config.epochs * math.ceil(len(x_train) / config.batch_size)
     schedule = keras.optimizers.schedules.CosineDecay(
         0.0, decay_steps=steps, warmup_target=config.learning_rate, warmup_steps=max(1, steps // 20))
     model.compile(
@@ -176,15 +156,32 @@ def train_and_evaluate(dataset: Dataset, config: TrainingConfig,
     report(f"training {dataset.spec.name}: {len(x_train)} train / {len(x_val)} validation / {len(x_test)} test "
            f"images, {model.count_params():,} parameters, {config.epochs} epochs")
     validation_data = (to_model_input(x_val), keras.utils.to_categorical(y_val, 10)) if len(x_val) else None
-    fit = model.fit(batches, epochs=config.epochs, validation_data=validation_data, verbose=0,
+    fit = model.fit(batches, epochs=config.epochs, validation_data=validation_data, verbose=0, shuffle=False,
                     callbacks=[ProgressLine(config.epochs, report)])
 
     test_inputs = to_model_input(x_test)
+    calibration = None
+    if validation_data is not None:
+        calibration = calibrate(model, validation_data[0], y_val, test_inputs, y_test)
     test_probabilities = model.predict(test_inputs, batch_size=1000, verbose=0)
     validation_metrics = None
     if validation_data is not None:
         val_probabilities = model.predict(validation_data[0], batch_size=1000, verbose=0)
         validation_metrics = classification_metrics(y_val, val_probabilities, dataset.spec.classes)
+        calibration["validation"]["after"] = calibration_figures(y_val, val_probabilities)
+        calibration["test"]["after"] = calibration_figures(y_test, test_probabilities)
+        report(f"calibration: temperature {calibration['temperature']:.4f}, validation ECE "
+               f"{calibration['validation']['before']['ece']:.4f} -> {calibration['validation']['after']['ece']:.4f}")
+    extra = {}
+    if feedback is not None and len(feedback.y_production):
+        production = model.predict(to_model_input(feedback.x_production), batch_size=1000, verbose=0)
+        extra["production"] = {
+            "samples": int(len(feedback.y_production)),
+            "accuracy": float(np.mean(production.argmax(axis=1) == feedback.y_production)),
+            "train_samples": int(len(feedback.y_train)),
+            "weight": feedback.weight,
+            "source": feedback.source,
+        }
     return TrainingResult(
         model=model,
         config=config,
@@ -196,7 +193,45 @@ def train_and_evaluate(dataset: Dataset, config: TrainingConfig,
         test_probabilities=test_probabilities,
         standardization={"mean": np.atleast_1d(mean).tolist(), "std": np.atleast_1d(std).tolist()},
         duration_seconds=time.monotonic() - started,
+        calibration=calibration,
+        extra=extra,
     )
+
+
+OUTPUT_LAYER = "probabilities"
+
+
+def output_logits(model: keras.Model, inputs: np.ndarray) -> np.ndarray:
+    """The final layer's inputs to its softmax, in float64: what a temperature divides."""
+    layer = model.get_layer(OUTPUT_LAYER)
+    features = keras.Model(model.inputs, layer.input).predict(inputs, batch_size=1000, verbose=0)
+    kernel, bias = (keras.ops.convert_to_numpy(w).astype(np.float64) for w in (layer.kernel, layer.bias))
+    return features.astype(np.float64) @ kernel + bias
+
+
+def calibrate(model: keras.Model, val_inputs: np.ndarray, y_val: np.ndarray, test_inputs: np.ndarray,
+              y_test: np.ndarray) -> dict:
+    """Fit a temperature on the validation hold-out and bake it into the output layer (its kernel and bias
+    divided by T), so Keras, the ONNX export and its int8 copy all give calibrated probabilities.
+
+    Returns the temperature and the ECE/NLL before and after; the "after" figures are filled in by the caller
+    from the calibrated model's own outputs.
+    """
+    val_logits = output_logits(model, val_inputs)
+    test_logits = output_logits(model, test_inputs)
+    temperature = round(fit_temperature(val_logits, y_val), 6)
+    layer = model.get_layer(OUTPUT_LAYER)
+    kernel, bias = (keras.ops.convert_to_numpy(w) for w in (layer.kernel, layer.bias))
+    layer.kernel.assign((kernel / temperature).astype(np.float32))
+    layer.bias.assign((bias / temperature).astype(np.float32))
+    return {
+        "method": "temperature scaling (Guo et al. 2017), fitted by NLL on the validation hold-out, "
+                  "baked into the output layer's weights",
+        "temperature": temperature,
+        "validation": {"samples": int(len(y_val)), "before": calibration_figures(y_val, softmax(val_logits))},
+        "test": {"samples": int(len(y_test)), "before": calibration_figures(y_test, softmax(test_logits)),
+                 "reliability_before": reliability_bins(y_test, softmax(test_logits))},
+    }
 
 
 def _make_deterministic() -> None:

@@ -65,6 +65,28 @@ def test_accuracy_recomputed_from_the_saved_model_equals_the_recorded_figure(pub
     outcome = evaluate_version(models_dir, "fashion_mnist", small_fashion)
     assert outcome["measured"]["accuracy"] == outcome["recorded"]["accuracy"]
     assert outcome["measured"]["confusion_matrix"] == outcome["recorded"]["confusion_matrix"]
+    assert outcome["measured"]["calibration"] == outcome["recorded"]["calibration"]  # ECE and NLL
+
+
+def test_calibration_is_fitted_on_validation_baked_in_and_recorded(published):
+    from training.evaluation import calibration_figures, reliability_bins
+    from training.export import onnx_probabilities
+
+    models_dir, version, result, metadata = published
+    calibration = metadata["calibration"]
+    assert calibration["temperature"] > 0 and calibration["validation"]["samples"] == 500
+    for split in ("validation", "test"):
+        assert set(calibration[split]["before"]) == set(calibration[split]["after"]) == {"ece", "nll"}
+        # Temperature scaling minimizes the validation NLL, so it can only go down there.
+        assert calibration["validation"]["after"]["nll"] <= calibration["validation"]["before"]["nll"]
+    # The served runtime's figures are those of its own outputs, i.e. the temperature is in the graph.
+    served = calibration["served"]
+    model_file = {"onnx_int8": "model.int8.onnx", "onnx": ONNX_FILE}[served["runtime"]]
+    probabilities = onnx_probabilities((version.path / model_file).read_bytes(), result.test_inputs)
+    assert calibration_figures(result.test_labels, probabilities) == {k: served[k] for k in ("ece", "nll")}
+    assert calibration["reliability"]["served"] == reliability_bins(result.test_labels, probabilities)
+    card = (version.path / "MODEL_CARD.md").read_text()
+    assert "## Calibration" in card and (version.path / "reliability.png").exists()
 
 
 def test_onnx_export_reproduces_keras_on_real_test_images(published):
@@ -116,6 +138,7 @@ def test_same_seed_gives_the_same_metrics_and_another_seed_does_not(small_fashio
     config = make_config("fashion_mnist", **QUICK)
     again = train_and_evaluate(small_fashion, config, report=lambda line: None)
     assert again.test_metrics == first.test_metrics
+    assert again.calibration == first.calibration and first.calibration is not None
     other = train_and_evaluate(small_fashion, make_config("fashion_mnist", **QUICK, seed=1), report=lambda line: None)
     assert not np.array_equal(other.test_probabilities, first.test_probabilities)
 

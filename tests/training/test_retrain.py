@@ -1,10 +1,12 @@
 """Champion/challenger promotion, rollback, pruning and the schedule, with real small trainings."""
 
+import json
 import subprocess
 import sys
 import time
 from datetime import datetime, timezone
 
+import numpy as np
 import pytest
 
 from tests.conftest import ROOT
@@ -102,3 +104,66 @@ def test_the_scheduler_survives_failed_runs_and_keeps_its_schedule(tmp_path):
     retries = [s for s in sleeps if s < 1]
     assert len(retries) == 2 and all(0.0005 <= s <= 0.0015 for s in retries)  # one jittered retry per round
     assert len([s for s in sleeps if s > 9]) == 2  # and each round still waited for its turn
+
+
+def test_promotion_needs_no_regression_on_the_production_set_too():
+    assert decide_promotion(0.80, 0.80, 0.0, production=(0.70, 0.60)).promote
+    refused = decide_promotion(0.81, 0.80, 0.0, production=(0.59, 0.60))
+    assert not refused.promote and "on production feedback candidate 0.5900 < champion 0.6000" in refused.reason
+    assert decide_promotion(0.81, 0.80, 0.02, production=(0.59, 0.60)).promote
+    assert not decide_promotion(0.70, 0.80, 0.0, production=(0.99, 0.60)).promote  # the test split still rules
+
+
+def test_the_production_split_is_a_fixed_share_of_ids():
+    from service.feedback_store import input_id
+    from training.feedback import in_production_set
+
+    ids = [input_id(np.full((2, 2), i, np.float32)) for i in range(2000)]
+    chosen = [in_production_set(i, 0.2) for i in ids]
+    assert chosen == [in_production_set(i, 0.2) for i in ids]  # the same every time
+    assert 0.17 < np.mean(chosen) < 0.23
+    assert chosen != [in_production_set(i, 0.2, seed=1) for i in ids]
+
+
+def test_no_feedback_store_means_no_feedback_and_nothing_created(tmp_path):
+    from training.feedback import load_feedback
+
+    data = load_feedback("fashion_mnist", ["a", "b"], (28, 28), tmp_path / ".feedback")
+    assert data.empty and not (tmp_path / ".feedback").exists()
+
+
+def test_stored_feedback_is_trained_on_and_judged_on_its_held_out_part(fashion, fashion_dir, tmp_path):
+    from service.feedback_store import FeedbackStore, input_id
+    from training.retrain import FeedbackOptions
+
+    models_dir = tmp_path / "models"
+    train_and_publish(fashion, make_config("fashion_mnist", **CHAMPION), models_dir, report=lambda line: None)
+    store = FeedbackStore(tmp_path / "feedback")
+    # Real test images, inverted (light background): a kind of input the champion never saw.
+    images = 255 - fashion.x_test[-400:]
+    labels = fashion.y_test[-400:]
+    for image, label in zip(images, labels):
+        pixels = image.astype(np.float32) / np.float32(255)
+        store.add_feedback(input_id(pixels), pixels, "fashion_mnist", 1, "Bag", fashion.spec.classes[int(label)])
+    store.close()
+
+    options = FeedbackOptions(folder=tmp_path / "feedback", weight=2.0)
+    outcome = retrain("fashion_mnist", models_dir, fashion_dir.parent, tolerance=1.0, report=lambda line: None,
+                      feedback=options,
+                      **{**CHAMPION, "epochs": 2})
+    production = outcome.production
+    assert production["samples"] + production["train_samples"] == 400 and 50 < production["samples"] < 110
+    assert production["weight"] == 2.0 and 0 <= production["champion"] <= 1 and 0 <= production["candidate"] <= 1
+    record = read_history(models_dir, "fashion_mnist")[-1]
+    assert record["production"] == production
+    metadata = json.loads((models_dir / "fashion_mnist" / str(outcome.version) / "metadata.json").read_text())
+    assert metadata["metrics"]["production"]["samples"] == production["samples"]
+    assert metadata["metrics"]["production"]["accuracy"] == production["candidate"]
+    card = (models_dir / "fashion_mnist" / str(outcome.version) / "MODEL_CARD.md").read_text()
+    assert "## Production feedback" in card
+
+    # Without the store the same retrain is the plain one: no production figures anywhere.
+    plain = retrain("fashion_mnist", models_dir, fashion_dir.parent, tolerance=1.0, report=lambda line: None,
+                    feedback=None,
+                    **{**CHAMPION, "epochs": 2})
+    assert plain.production is None and "production" not in read_history(models_dir, "fashion_mnist")[-1]

@@ -1,0 +1,84 @@
+"""Production feedback as training data: read from the service's feedback store, split once into a training
+part and a held-out "production" set.
+
+The split is a pure function of each image's id and a seed, so an image stays on its side as feedback grows,
+and the production set is the same for the candidate and the champion it is compared with.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+DEFAULT_WEIGHT = 1.0  # loss weight of a feedback image relative to a public training image
+DEFAULT_CAP = 20_000  # at most this many (newest) feedback images are used
+DEFAULT_PRODUCTION_FRACTION = 0.2  # held out of training as the production evaluation set
+SPLIT_SEED = 0
+
+
+@dataclass(frozen=True)
+class FeedbackData:
+    """Feedback images (uint8, the model's input size) and label indices, split for training and evaluation."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_production: np.ndarray
+    y_production: np.ndarray
+    weight: float
+    source: str
+
+    @property
+    def empty(self) -> bool:
+        return len(self.y_train) + len(self.y_production) == 0
+
+
+def in_production_set(image_id: str, fraction: float, seed: int = SPLIT_SEED) -> bool:
+    """Whether an image belongs to the held-out production set: a fixed share of ids, chosen by hash."""
+    digest = hashlib.sha256(f"{seed}:{image_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
+
+
+def feedback_location(models_dir: Path, feedback_dir: str | os.PathLike | None,
+                      database_url: str | None) -> tuple[Path, str | None]:
+    """Where the service keeps feedback: FEEDBACK_DIR (default <models>/.feedback) and DATABASE_URL."""
+    folder = Path(feedback_dir) if feedback_dir else Path(models_dir) / ".feedback"
+    return folder, database_url or None
+
+
+def load_feedback(name: str, classes: list[str] | tuple[str, ...], image_shape: tuple[int, ...], folder: Path,
+                  database_url: str | None = None, weight: float = DEFAULT_WEIGHT, cap: int = DEFAULT_CAP,
+                  production_fraction: float = DEFAULT_PRODUCTION_FRACTION) -> FeedbackData:
+    """The model's stored feedback; empty (and nothing created) when there is no store."""
+    shape = tuple(image_shape)
+    nothing = FeedbackData(np.zeros((0, *shape), np.uint8), np.zeros(0, np.int64),
+                           np.zeros((0, *shape), np.uint8), np.zeros(0, np.int64), weight, "none")
+    if database_url is None and not (folder / "feedback.db").exists():
+        return nothing
+    from service.feedback_store import FeedbackStore
+
+    store = FeedbackStore(folder, database_url)
+    try:
+        items = store.feedback_items(name, limit=cap)
+        train, production = ([], []), ([], [])
+        for item in items:
+            if item.true_label not in classes:
+                continue  # a class the model no longer has
+            pixels = store.read_image(item.image_file)
+            if pixels.shape != shape:
+                continue  # stored for an input size this model does not take
+            side = production if in_production_set(item.image_id, production_fraction) else train
+            side[0].append(pixels)
+            side[1].append(classes.index(item.true_label))
+        source = store.url
+    finally:
+        store.close()
+
+    def stacked(part):
+        images = np.stack(part[0]) if part[0] else np.zeros((0, *shape), np.uint8)
+        return images.astype(np.uint8), np.asarray(part[1], np.int64)
+
+    return FeedbackData(*stacked(train), *stacked(production), weight, source)

@@ -218,6 +218,8 @@ def in_process_costs(images: dict, models_dir: Path, repeat: int = 300) -> dict:
     from service.images import decode_image, inspect_image, normalize_pixels, oriented_in_mode
     from service.model_monitor import ModelMonitor
     from service.registry import ModelRegistry
+    from service.feedback_store import input_id
+    from service.inference import Classified
     from service.protocols.native import prediction_body
     from service.settings import Settings
     from service.uploads import read_uploads
@@ -260,8 +262,10 @@ def in_process_costs(images: dict, models_dir: Path, repeat: int = 300) -> dict:
         pillow_us, _ = timed(through_pillow, uploads)
         normalize_us, arrays = timed(lambda pixels: normalize_pixels(pixels, spec), decoded)
         infer_us, outputs = timed(lambda a: model.runtime.predict(a[None]), arrays)
-        json_us, _ = timed(lambda p: orjson.dumps(prediction_body(model, p, 5)), outputs)
-        stdlib_json_us, _ = timed(lambda p: json.dumps(prediction_body(model, p, 5)).encode(), outputs)
+        id_us, ids = timed(input_id, arrays)
+        answers = [Classified(a[None], p, [i]) for a, p, i in zip(arrays, outputs, ids)]
+        json_us, _ = timed(lambda c: orjson.dumps(prediction_body(model, c, 5)), answers)
+        stdlib_json_us, _ = timed(lambda c: json.dumps(prediction_body(model, c, 5)).encode(), answers)
 
         def record(p):
             metrics.series(metrics.DECODE_DURATION, name).observe(0.0001)
@@ -286,7 +290,7 @@ def in_process_costs(images: dict, models_dir: Path, repeat: int = 300) -> dict:
                        "parse_us": parse_us - request_us, "parse_werkzeug_us": werkzeug_us - request_us,
                        "decode_us": decode_us, "decode_pillow_us": pillow_us, "normalize_us": normalize_us,
                        "inference_us": infer_us, "json_us": json_us, "json_stdlib_us": stdlib_json_us,
-                       "metrics_us": metrics_us, "monitoring_us": monitoring_us,
+                       "metrics_us": metrics_us, "monitoring_us": monitoring_us, "prediction_id_us": id_us,
                        "inference_us_per_image_in_batch_of_32": batch_infer_us}
     return costs
 
@@ -405,7 +409,8 @@ def protocols_part(args, images, workdir: Path) -> dict:
     requests = {"native /predict": service_requests(blobs, kind, 1),
                 "KServe V2 binary": [v2_binary_request(f"/v2/models/{name}/infer", image) for image in blobs],
                 "TF Serving b64": [tf_serving_request(name, image) for image in blobs]}
-    listings = {label: write_requests(workdir, f"protocol-{i}", batch) for i, (label, batch) in enumerate(requests.items())}
+    listings = {label: write_requests(workdir, f"protocol-{i}", batch)
+                for i, (label, batch) in enumerate(requests.items())}
     paths = {label: batch[0].path + (f"?model={name}" if label.startswith("native") else "")
              for label, batch in requests.items()}
     targets = dict.fromkeys(requests, server)

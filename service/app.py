@@ -12,6 +12,9 @@ from flask.json.provider import JSONProvider
 
 from service import inference, metrics
 from service.errors import register_error_handlers
+from service.feedback import RateLimit, Retention
+from service.feedback import blueprint as feedback_blueprint
+from service.feedback_store import FeedbackStore
 from service.protocols import PROTOCOLS, protocol_of
 from service.model_monitor import ModelMonitor
 from service.pages import register_pages
@@ -40,7 +43,16 @@ def create_app(settings: Settings | None = None, watch: bool = True) -> Flask:
         registry.start(settings.reload_interval_seconds)
         inference.monitor.start(settings.reload_interval_seconds)
 
+    inference.retention = None
+    if settings.feedback_enabled:
+        store = FeedbackStore(settings.feedback_folder, settings.database_url or None)
+        app.extensions["feedback_store"] = store
+        app.extensions["feedback_rate"] = RateLimit(settings.feedback_rate_per_minute)
+        if settings.retain_predictions:
+            inference.retention = Retention(store, settings.retain_max_bytes, settings.retain_max_age_seconds)
+
     app.register_blueprint(api)
+    app.register_blueprint(feedback_blueprint)
     register_pages(app)
     for protocol in PROTOCOLS:
         app.register_blueprint(protocol.blueprint)

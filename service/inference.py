@@ -7,35 +7,41 @@ decoding, normalization, validation of pixel tensors, the runtime call and the p
 from __future__ import annotations
 
 import time
+from typing import NamedTuple
 
 import numpy as np
 
 from service import metrics
 from service.errors import InvalidTensor
+from service.feedback_store import input_id
 from service.images import UploadFacts, inspect_image
 from service.model_monitor import ModelMonitor
 from service.registry import LoadedModel
 
 # Configured from the settings by create_app; one per worker process.
 monitor = ModelMonitor()
+retention = None  # a service.feedback.Retention when RETAIN_PREDICTIONS is on
 
 
-def classify_images(model: LoadedModel, images: list[bytes], max_pixels: int) -> np.ndarray:
+class Classified(NamedTuple):
+    """What the model saw (normalization explains many answers), what it answered, and each input's id: the
+    SHA-256 of its normalized pixels, by which feedback can name the prediction."""
+
+    inputs: np.ndarray
+    probabilities: np.ndarray
+    ids: list[str]
+
+
+def classify_images(model: LoadedModel, images: list[bytes], max_pixels: int) -> Classified:
     """Encoded image files (PNG, JPEG, ...) -> (len(images), classes) probabilities, through the same
     decoding and normalization as every upload."""
-    return classify_images_as_seen(model, images, max_pixels)[1]
-
-
-def classify_images_as_seen(model: LoadedModel, images: list[bytes],
-                            max_pixels: int) -> tuple[np.ndarray, np.ndarray]:
-    """Like ``classify_images``, also returning the batch the model saw: normalization explains many answers."""
     started = time.perf_counter()
     prepared = [inspect_image(data, model.input_spec, max_pixels) for data in images]
     batch = prepared[0][0][np.newaxis] if len(prepared) == 1 else np.stack([array for array, _ in prepared])
-    return batch, _predict(model, batch, started, [facts for _, facts in prepared])
+    return _predict(model, batch, started, [facts for _, facts in prepared])
 
 
-def classify_pixels(model: LoadedModel, pixels: np.ndarray) -> np.ndarray:
+def classify_pixels(model: LoadedModel, pixels: np.ndarray) -> Classified:
     """A float32 batch already in the model's input shape, values in [0, 1] -> probabilities."""
     started = time.perf_counter()
     return _predict(model, check_pixels(model, pixels), started)
@@ -57,7 +63,7 @@ def check_pixels(model: LoadedModel, pixels: np.ndarray) -> np.ndarray:
 
 
 def _predict(model: LoadedModel, batch: np.ndarray, started: float,
-             uploads: list[UploadFacts] | None = None) -> np.ndarray:
+             uploads: list[UploadFacts] | None = None) -> Classified:
     prepared = time.perf_counter()
     probabilities = model.runtime.predict(batch)
     inferred = time.perf_counter()
@@ -68,4 +74,7 @@ def _predict(model: LoadedModel, batch: np.ndarray, started: float,
     for index in predicted:
         metrics.series(metrics.PREDICTIONS, model.name, model.classes[index]).inc()
     monitor.observe(model, batch, probabilities, predicted, uploads)
-    return probabilities
+    ids = [input_id(pixels) for pixels in batch]
+    if retention is not None:
+        retention.keep(model, batch, ids, predicted)
+    return Classified(batch, probabilities, ids)

@@ -134,6 +134,21 @@ def state_families(ready: bool, histories: dict[str, list[dict]]) -> list[Metric
     return [ready_family, runs, *families.values()]
 
 
+def feedback_families(stats: list[dict]) -> list[Metric]:
+    """Production accuracy from the feedback store, read at scrape time (the store is shared by all workers)."""
+    items = GaugeMetricFamily(f"{PREFIX}_feedback_items", "Stored feedback, by model and true label",
+                              labels=["model", "label"])
+    agreement = GaugeMetricFamily(f"{PREFIX}_feedback_agreement_ratio",
+                                  "Share of feedback whose served prediction was the true label: production accuracy",
+                                  labels=["model"])
+    for model in stats:
+        for label, figures in model["per_label"].items():
+            items.add_metric([model["model"], label], figures["items"])
+        if model["agreement"] is not None:
+            agreement.add_metric([model["model"]], model["agreement"])
+    return [items, agreement]
+
+
 class _ReadFamilies(Collector):
     """Metric families already read (``state_families``), handed to a registry for one exposition."""
 

@@ -161,7 +161,67 @@ def native_paths(example: Example) -> dict:
             "200": {"description": "The guide.", "content": {"text/markdown": {"schema": {"type": "string"}}}},
             **error_responses(LOOKUP_ERRORS, "Error")},
             parameters=[{**path_param("name", "`api.md`, `operations.md`, `training.md`, `performance.md` or "
-                                              "`architecture.md`."), "example": "api.md"}])},
+                                              "`architecture.md`, `feedback.md`."), "example": "api.md"}])},
+    }
+
+
+FEEDBACK_MEANINGS = {
+    **ERROR_MEANINGS,
+    401: "No bearer token: send `Authorization: Bearer <FEEDBACK_TOKEN>`.",
+    403: "A wrong token, or feedback is off (no FEEDBACK_TOKEN on the server): see `code`.",
+    404: "No such model, or no retained prediction with this id.",
+    422: "The label is not one of the model's classes, or the image has more pixels than MAX_IMAGE_PIXELS.",
+    429: "More than FEEDBACK_RATE_PER_MINUTE requests a minute to this worker; see `Retry-After`.",
+    503: "Models are still loading, or the feedback database is unavailable.",
+    507: "The model already has FEEDBACK_MAX_ITEMS feedback items.",
+}
+BEARER = [{"feedbackToken": []}]
+
+
+def feedback_errors(statuses: tuple[int, ...]) -> dict:
+    return {str(status): json_response(FEEDBACK_MEANINGS[status], ref("Error")) for status in statuses}
+
+
+def feedback_paths(example: Example) -> dict:
+    image_file = {"type": "string", "contentMediaType": "application/octet-stream"}
+    text = {"type": "string", "maxLength": 1024}
+    fields = {"label": {**text, "description": "The true class: a name from `/models/{name}` → `classes` "
+                                               "(any case) or its index."},
+              "model": {**text, "description": "Which model the label is for (default `DEFAULT_MODEL`)."},
+              "id": {**text, "description": "The `id` of a recent prediction, instead of the image "
+                                            "(needs RETAIN_PREDICTIONS)."}}
+    body = {"required": True, "description": "The true label with either the image (as for `/predict`, one "
+            "image) or the id of a retained prediction. Fields may also be query arguments.",
+            "content": {"multipart/form-data": {"schema": {"type": "object", "required": ["label"], "properties": {
+                "image": image_file, **fields}}},
+                JSON: {"schema": {"type": "object", "required": ["id", "label"], "properties": fields},
+                       "example": {"id": "0" * 64, "label": "Ankle boot", "model": example.name}},
+                "image/png": {"schema": image_file}, "image/jpeg": {"schema": image_file}}}
+    query = [{"name": key, "in": "query", "description": schema["description"], "schema": {"type": "string"}}
+             for key, schema in fields.items()]
+    return {
+        "/feedback": {"post": {**operation(
+            NATIVE, "Store the true label of an image, for the next retrain (needs the token)",
+            {"201": json_response("Stored.", ref("FeedbackStored")),
+             "200": json_response("Already stored with this label: kept once.", ref("FeedbackStored")),
+             **feedback_errors((400, 401, 403, 404, 408, 413, 415, 422, 429, 503, 507))},
+            parameters=query, body=body,
+            description="The image is normalized exactly as `/predict` does, so its `id` equals the prediction's "
+                        "`id`. See [the feedback guide](/guides/feedback.md)."), "security": BEARER}},
+        "/feedback/{name}/{image_id}": {"delete": {**operation(
+            NATIVE, "Forget an image's feedback and its stored picture (needs the token)",
+            {"200": json_response("Deleted.", {"type": "object", "required": ["model", "id", "deleted"],
+                                                "properties": {"model": {"type": "string"}, "id": {"type": "string"},
+                                                               "deleted": {"type": "integer"}}}),
+             **feedback_errors((401, 403, 404, 503))},
+            parameters=[{**path_param("name", "The model."), "example": example.name},
+                        {**path_param("image_id", "The image's id: 64 hexadecimal digits."), "example": "0" * 64}]),
+            "security": BEARER}},
+        "/feedback/stats": {"get": operation(
+            NATIVE, "Production accuracy: feedback counts per true label and agreement with the served model",
+            {"200": json_response("Per model.", ref("FeedbackStats")), **feedback_errors((404, 503))},
+            parameters=[{"name": "model", "in": "query", "description": "Only this model.",
+                         "schema": {"type": "string"}}])},
     }
 
 
@@ -262,6 +322,18 @@ def schemas() -> dict:
                               "mode": {"type": "string", "enum": ["L", "RGB"]},
                               "png_base64": {"type": "string", "contentEncoding": "base64",
                                              "contentMediaType": "image/png"}}}}}}}},
+        "FeedbackStored": {"type": "object", "required": ["id", "model", "label", "stored"], "properties": {
+            "id": {"type": "string"}, "model": {"type": "string"}, "model_version": {"type": "integer"},
+            "predicted_label": {"type": "string"}, "label": {"type": "string"}, "index": {"type": "integer"},
+            "stored": {"type": "boolean", "description": "false when this image already had this label."}}},
+        "FeedbackStats": {"type": "object", "required": ["enabled", "models"], "properties": {
+            "enabled": {"type": "boolean"}, "retained": {"type": ["object", "null"]},
+            "models": {"type": "array", "items": {"type": "object", "required": ["model", "items"], "properties": {
+                "model": {"type": "string"}, "items": {"type": "integer"},
+                "per_label": {"type": "object", "additionalProperties": {
+                    "type": "object", "properties": {"items": {"type": "integer"}, "agreement": {"type": "number"}}}},
+                "agreement": {"type": ["number", "null"],
+                              "description": "The share of items whose served prediction was the true label."}}}}}},
         "Health": {"type": "object", "required": ["status"], "properties": {"status": {"type": "string"}}},
         "Readiness": {"type": "object", "required": ["status", "models"], "properties": {
             "status": {"type": "string", "enum": ["ready", "not_ready", "draining"]},
@@ -277,6 +349,9 @@ def schemas() -> dict:
         "ModelDetail": {"allOf": [ref("ModelSummary"), {"type": "object", "required": ["available_versions"],
                                                         "properties": {
             "training": {"type": "object"}, "data": {"type": "object"}, "runtimes": {"type": "object"},
+            "calibration": {"type": ["object", "null"], "description": "The temperature, fitted on the "
+                            "validation hold-out, and ECE/NLL before and after on validation and test, and as "
+                            "served; `reliability` holds the diagrams' bins."},
             "available_versions": {"type": "array", "items": {"type": "integer"}},
             "last_refused": {"type": "string"}}}]},
         "History": {"type": "object", "required": ["model", "current_version", "events"], "properties": {
@@ -341,12 +416,14 @@ def openapi_document(example: Example = Example()) -> dict:
                                 "probabilities through each protocol: the native `/predict`, KServe V2 and "
                                 "TensorFlow Serving REST.\n\nGuides: [the API](/guides/api.md), "
                                 "[operations](/guides/operations.md), [training](/guides/training.md), "
-                                "[performance](/guides/performance.md). [The web page](/) classifies dropped "
-                                "images and shows each model's card."},
+                                "[performance](/guides/performance.md), [feedback](/guides/feedback.md). "
+                                "[The web page](/) classifies dropped images and shows each model's card."},
         "tags": [{"name": NATIVE, "description": "This service's own API."},
                  {"name": V2, "description": "KServe V2 / Open Inference Protocol (REST)."},
                  {"name": TF, "description": "TensorFlow Serving REST API."},
                  {"name": OPS, "description": "Health, metrics and pages."}],
-        "paths": {**native_paths(example), **kserve_v2_paths(example), **tf_serving_paths(example)},
-        "components": {"schemas": schemas()},
+        "paths": {**native_paths(example), **feedback_paths(example), **kserve_v2_paths(example),
+                  **tf_serving_paths(example)},
+        "components": {"schemas": schemas(), "securitySchemes": {"feedbackToken": {
+            "type": "http", "scheme": "bearer", "description": "The server's FEEDBACK_TOKEN."}}},
     }

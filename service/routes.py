@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import time
 
 from flask import Blueprint, Response, current_app, g, jsonify, send_file
+from sqlalchemy.exc import SQLAlchemyError
 
 from service import inference, metrics
 from service.errors import NotFound, NotReady
@@ -13,6 +15,7 @@ from service.registry import LoadedModel, ModelRegistry, read_history
 from service.settings import Settings
 
 api = Blueprint("api", __name__)
+log = logging.getLogger("service.routes")
 
 
 def _registry() -> ModelRegistry:
@@ -21,6 +24,11 @@ def _registry() -> ModelRegistry:
 
 def _settings() -> Settings:
     return current_app.extensions["settings"]
+
+
+def _served_calibration(metadata: dict) -> dict | None:
+    served = metadata.get("calibration", {}).get("served")
+    return {k: served[k] for k in ("runtime", "ece", "nll")} if served else None
 
 
 def describe_model(model: LoadedModel, detail: bool) -> dict:
@@ -36,13 +44,19 @@ def describe_model(model: LoadedModel, detail: bool) -> dict:
         "input": metadata["input"],
         "preprocessing": metadata["preprocessing"],
         "metrics": {"test_accuracy": test["accuracy"], "served_test_accuracy": served,
-                    "test_samples": test["samples"], "macro_f1": test.get("macro_f1")},
+                    "test_samples": test["samples"], "macro_f1": test.get("macro_f1"),
+                    # As served: ECE and NLL of the runtime's own probabilities on the test split.
+                    "calibration": _served_calibration(metadata),
+                    "production": metadata["metrics"].get("production")},
         "created_at": metadata.get("created_at"),
         "loaded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(model.loaded_at)),
     }
     if detail:
         body["metrics"] = {"test": test, "served_test_accuracy": served,
-                           "validation": metadata["metrics"].get("validation")}
+                           "validation": metadata["metrics"].get("validation"),
+                           "calibration": _served_calibration(metadata),
+                           "production": metadata["metrics"].get("production")}
+        body["calibration"] = metadata.get("calibration")
         body["training"] = {k: v for k, v in metadata["training"].items() if k != "history"}
         body["data"] = metadata["data"]
         body["runtimes"] = metadata["runtimes"]
@@ -124,5 +138,12 @@ def prometheus_metrics():
     registry = _registry()
     inference.monitor.flush()  # this worker's figures are current; the others' at most a flush interval old
     histories = {name: read_history(registry.models_dir, name) for name in registry.snapshot()}
-    payload, content_type = metrics.render_metrics(metrics.state_families(ready_to_serve(), histories))
+    families = metrics.state_families(ready_to_serve(), histories)
+    store = current_app.extensions.get("feedback_store")
+    if store is not None:
+        try:
+            families += metrics.feedback_families([store.stats(name) for name in registry.snapshot()])
+        except SQLAlchemyError as error:  # the other metrics matter more than these: scrape without them
+            log.warning("feedback metrics left out, the feedback database is unavailable: %s", error)
+    payload, content_type = metrics.render_metrics(families)
     return Response(payload, content_type=content_type)

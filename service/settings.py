@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 
@@ -42,16 +42,25 @@ class Settings:
     input_monitoring: bool = True  # input statistics, confidence and drift metrics for every image
     low_confidence_threshold: float = 0.5  # a top-1 probability below this counts as a low-confidence prediction
     drift_window_images: int = 1000  # drift is measured over each worker's last this-many images per model
+    # Feedback (service/feedback.py, docs/feedback.md): off until a token is set.
+    feedback_token: str = field(default="", repr=False)  # the bearer token of /feedback and every write endpoint
+    feedback_dir: str = ""  # images and the SQLite database; empty: <MODELS_DIR>/.feedback
+    database_url: str = field(default="", repr=False)  # e.g. postgresql://user:pass@host/db; empty: SQLite
+    feedback_rate_per_minute: int = 600  # feedback requests each worker accepts per minute; more get 429
+    feedback_max_items: int = 100_000  # stored feedback per model; beyond it, 507 until some is deleted
+    retain_predictions: bool = False  # keep each served input so feedback can name it by id alone
+    retain_max_bytes: int = 256 * 1024 * 1024  # the retained inputs' total size; the oldest go first
+    retain_max_age_seconds: float = 24 * 3600.0  # a retained input is forgotten after this long
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides) -> Settings:
         environ = os.environ if environ is None else environ
         values = {}
-        for field in fields(cls):
-            raw = environ.get(ENVIRONMENT[field.name])
+        for setting in fields(cls):
+            raw = environ.get(ENVIRONMENT[setting.name])
             if raw is None or raw == "":
                 continue
-            values[field.name] = _parse(field.name, raw, type(getattr(cls, field.name)))
+            values[setting.name] = _parse(setting.name, raw, type(getattr(cls, setting.name)))
         values.update(overrides)
         settings = cls(**values)
         settings.validate()
@@ -76,8 +85,23 @@ class Settings:
             raise ValueError("DRAIN_SECONDS must not be negative")
         if not 0 < self.low_confidence_threshold < 1:
             raise ValueError("LOW_CONFIDENCE_THRESHOLD must be between 0 and 1")
+        for name in ("feedback_rate_per_minute", "feedback_max_items", "retain_max_bytes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{ENVIRONMENT[name]} must be at least 1")
+        if self.retain_max_age_seconds <= 0:
+            raise ValueError("RETAIN_MAX_AGE_SECONDS must be positive")
+        if self.retain_predictions and not self.feedback_token:
+            raise ValueError("RETAIN_PREDICTIONS needs FEEDBACK_TOKEN: retained inputs are only for feedback")
         if self.drift_window_images < 10:
             raise ValueError("DRIFT_WINDOW_IMAGES must be at least 10")
+
+    @property
+    def feedback_enabled(self) -> bool:
+        return bool(self.feedback_token)
+
+    @property
+    def feedback_folder(self) -> Path:
+        return Path(self.feedback_dir) if self.feedback_dir else self.models_dir / ".feedback"
 
     @property
     def gunicorn_worker_class(self) -> str:
@@ -111,6 +135,14 @@ ENVIRONMENT = {
     "input_monitoring": "INPUT_MONITORING",
     "low_confidence_threshold": "LOW_CONFIDENCE_THRESHOLD",
     "drift_window_images": "DRIFT_WINDOW_IMAGES",
+    "feedback_token": "FEEDBACK_TOKEN",
+    "feedback_dir": "FEEDBACK_DIR",
+    "database_url": "DATABASE_URL",
+    "feedback_rate_per_minute": "FEEDBACK_RATE_PER_MINUTE",
+    "feedback_max_items": "FEEDBACK_MAX_ITEMS",
+    "retain_predictions": "RETAIN_PREDICTIONS",
+    "retain_max_bytes": "RETAIN_MAX_BYTES",
+    "retain_max_age_seconds": "RETAIN_MAX_AGE_SECONDS",
 }
 
 

@@ -18,11 +18,25 @@ RAW_BODY_TYPES = ("application/octet-stream",)
 EXTRA_FIELDS_ALLOWED = 16  # other form fields are ignored, up to this many
 
 
+MAX_FIELD_BYTES = 1024  # a text field (a label, a model name, an id) is short
+
+
 def read_uploads(request: Request, max_images: int, max_bytes: int) -> list[bytes]:
     """The uploaded images, in order; a client error for anything that carries none, or too many."""
+    return read_form(request, max_images, max_bytes)[0]
+
+
+def read_form(request: Request, max_images: int, max_bytes: int) -> tuple[list[bytes], dict[str, str | None]]:
+    """The uploaded images and, from a multipart body, its other text fields (None for one over
+    MAX_FIELD_BYTES or not UTF-8: too long to be a label, a model name or an id)."""
     mimetype = request.mimetype
     if mimetype == "multipart/form-data":
         return _multipart_images(request, max_images, max_bytes)
+    return _raw_image(request), {}
+
+
+def _raw_image(request: Request) -> list[bytes]:
+    mimetype = request.mimetype
     if mimetype.startswith("image/") or mimetype in RAW_BODY_TYPES:
         return [request.get_data(cache=False)]
     if not mimetype and not request.content_length:
@@ -31,12 +45,13 @@ def read_uploads(request: Request, max_images: int, max_bytes: int) -> list[byte
                                f"an '{IMAGE_FIELD}' field, or a raw body with an image/* Content-Type")
 
 
-def _multipart_images(request: Request, max_images: int, max_bytes: int) -> list[bytes]:
+def _multipart_images(request: Request, max_images: int, max_bytes: int) -> tuple[list[bytes], dict[str, str | None]]:
     boundary = request.mimetype_params.get("boundary")
     if not boundary:
         raise InvalidUpload("the multipart Content-Type has no boundary")
-    images, other_fields = [], set()
-    chunks: list[bytes] | None = None  # the body of the image part being read; None inside other parts
+    images, other_fields = [], {}
+    chunks: list[bytes] | None = None  # the body of the part being read; None inside parts not kept
+    field_name: str | None = None  # the text field being read
     try:
         with multipart.PushMultipartParser(
             boundary,
@@ -51,19 +66,30 @@ def _multipart_images(request: Request, max_images: int, max_bytes: int) -> list
                         if len(images) == max_images:
                             raise TooManyImages(f"more than {max_images} images in one request "
                                                 "(MAX_IMAGES_PER_REQUEST)")
-                        chunks = []
+                        chunks, field_name = [], None
                     else:
-                        other_fields.add(event.name)
-                        chunks = None
+                        chunks, field_name = [], event.name
                 elif event is None:  # the end of a part
-                    if chunks is not None:
+                    if chunks is not None and field_name is None:
                         images.append(b"".join(chunks))
-                    chunks = None
+                    elif chunks is not None:
+                        other_fields[field_name] = _text_field(field_name, b"".join(chunks))
+                    chunks, field_name = None, None
                 elif chunks is not None:
                     chunks.append(event)
+                    if field_name is not None and sum(map(len, chunks)) > MAX_FIELD_BYTES:
+                        other_fields[field_name] = None  # too long to be a label or a name: not kept
+                        chunks, field_name = None, None
     except multipart.MultipartError as exc:  # also ParserLimitReached: too many fields, too large parts
         raise InvalidUpload(f"the multipart body is malformed: {exc}") from exc
     if not images:
         received = f" (got: {', '.join(sorted(other_fields))})" if other_fields else ""
         raise MissingImage(f"no multipart field named '{IMAGE_FIELD}'{received}")
-    return images
+    return images, other_fields
+
+
+def _text_field(name: str, data: bytes) -> str | None:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None

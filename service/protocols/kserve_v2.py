@@ -26,7 +26,7 @@ import orjson
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from service.errors import ClientError, InvalidTensor, TooManyImages
-from service.inference import classify_images, classify_pixels
+from service.inference import Classified, classify_images, classify_pixels
 from service.protocols.common import message_error_body, ready_to_serve, served_model
 from service.registry import LoadedModel
 
@@ -228,8 +228,9 @@ def classification_strings(probabilities: np.ndarray, classes: list[str], k: int
 
 
 def encode_infer_response(model: LoadedModel, request_id: str | None, outputs: tuple[RequestedOutput, ...],
-                          probabilities: np.ndarray) -> tuple[bytes, int | None]:
+                          classified: Classified) -> tuple[bytes, int | None]:
     """The response body, and the JSON header's length when binary tensor data follows it."""
+    probabilities = classified.probabilities
     tensors, chunks = [], []
     for output in outputs:
         if output.classification:
@@ -250,7 +251,9 @@ def encode_infer_response(model: LoadedModel, request_id: str | None, outputs: t
             tensor["parameters"] = {"binary_data_size": len(chunk)}
             chunks.append(chunk)
         tensors.append(tensor)
-    header = {"model_name": model.name, "model_version": str(model.version), "outputs": tensors}
+    # The response's own parameters carry the prediction ids, in the order of the inputs.
+    header = {"model_name": model.name, "model_version": str(model.version),
+              "parameters": {"prediction_ids": ",".join(classified.ids)}, "outputs": tensors}
     if request_id is not None:
         header = {"id": request_id, **header}
     encoded = orjson.dumps(header)
@@ -319,10 +322,10 @@ def infer(name: str, version: str | None = None):
     if parsed.input.datatype == "BYTES":
         if not parsed.input.value:
             raise InvalidTensor(f"input {IMAGE_INPUT!r} holds no images")
-        probabilities = classify_images(model, parsed.input.value, settings.max_image_pixels)
+        classified = classify_images(model, parsed.input.value, settings.max_image_pixels)
     else:
-        probabilities = classify_pixels(model, parsed.input.value)
-    body, header_length = encode_infer_response(model, parsed.id, parsed.outputs, probabilities)
+        classified = classify_pixels(model, parsed.input.value)
+    body, header_length = encode_infer_response(model, parsed.id, parsed.outputs, classified)
     if header_length is None:
         return Response(body, mimetype="application/json")
     return Response(body, mimetype="application/octet-stream", headers={HEADER_LENGTH: str(header_length)})

@@ -13,7 +13,7 @@ from flask import Blueprint, current_app, jsonify, request
 from service import errors
 from service.errors import InvalidParameter
 from service.images import encode_model_input
-from service.inference import classify_images_as_seen
+from service.inference import Classified, classify_images
 from service.protocols.common import served_model
 from service.registry import LoadedModel
 from service.uploads import read_uploads
@@ -46,19 +46,19 @@ def parse_include(raw: str | None) -> set[str]:
     return options
 
 
-def prediction_body(model: LoadedModel, probabilities: np.ndarray, top_k: int,
-                    inputs: np.ndarray | None = None) -> dict:
+def prediction_body(model: LoadedModel, classified: Classified, top_k: int, include_inputs: bool = False) -> dict:
     classes = model.classes
     results = []
-    for position, row in enumerate(probabilities):
+    for position, row in enumerate(classified.probabilities):
         order = np.argsort(-row, kind="stable")[:top_k]
         values = row.tolist()
         result = {
+            "id": classified.ids[position],
             "top": [{"label": classes[i], "index": int(i), "probability": values[i]} for i in order],
             "probabilities": values,
         }
-        if inputs is not None:
-            result["input"] = input_body(inputs[position])
+        if include_inputs:
+            result["input"] = input_body(classified.inputs[position])
         results.append(result)
     return {"model": model.name, "version": model.version, "predictions": results}
 
@@ -76,5 +76,5 @@ def predict():
     top_k = parse_top_k(request.args.get("top_k"), model, settings.default_top_k)
     include = parse_include(request.args.get("include"))
     uploads = read_uploads(request, settings.max_images_per_request, settings.max_upload_bytes)
-    inputs, probabilities = classify_images_as_seen(model, uploads, settings.max_image_pixels)
-    return jsonify(prediction_body(model, probabilities, top_k, inputs if "input" in include else None))
+    classified = classify_images(model, uploads, settings.max_image_pixels)
+    return jsonify(prediction_body(model, classified, top_k, "input" in include))

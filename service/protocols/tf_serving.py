@@ -18,8 +18,8 @@ import orjson
 from flask import Blueprint, current_app, jsonify, request
 
 from service.errors import ClientError, InvalidTensor, NotFound, TooManyImages
-from service.inference import classify_images, classify_pixels
-from service.protocols.common import message_error_body, served_model
+from service.inference import Classified, classify_images, classify_pixels
+from service.protocols.common import PREDICTION_IDS_HEADER, message_error_body, served_model
 from service.registry import LoadedModel
 
 NAME = "tf_serving"
@@ -106,7 +106,7 @@ def _b64(item: dict) -> bytes:
         raise InvalidRequest("'b64' is not valid base64") from None
 
 
-def run(model: LoadedModel, items: list) -> np.ndarray:
+def run(model: LoadedModel, items: list) -> Classified:
     settings = current_app.extensions["settings"]
     decoded = decode_instances(items, settings.max_images_per_request)
     if isinstance(decoded, list):
@@ -167,8 +167,13 @@ def call(target: str, name: str | None = None):
     model = served_model(name, version)
     document = parse_body(request.get_data(cache=False))
     if verb == "classify":
-        examples = _batch(document.get("examples"), "examples")
-        return jsonify({"result": classify_result(model, run(model, examples))})
-    items, layout = predict_items(document)
-    probabilities = run(model, items).tolist()
-    return jsonify({"predictions": probabilities} if layout == "row" else {"outputs": probabilities})
+        classified = run(model, _batch(document.get("examples"), "examples"))
+        response = jsonify({"result": classify_result(model, classified.probabilities)})
+    else:
+        items, layout = predict_items(document)
+        classified = run(model, items)
+        probabilities = classified.probabilities.tolist()
+        response = jsonify({"predictions": probabilities} if layout == "row" else {"outputs": probabilities})
+    # The TF Serving body has no room for ids: they travel in a header, in the order of the inputs.
+    response.headers[PREDICTION_IDS_HEADER] = ",".join(classified.ids)
+    return response

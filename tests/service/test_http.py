@@ -175,3 +175,31 @@ def test_metrics_count_every_request_across_workers(shipped_server, fashion):
     assert after[("classifier_model_info", (("model", "fashion_mnist"), ("version", version)))] == 1
     labels = {dict(k[1]).get("label") for k in after if k[0] == "classifier_predictions_total"}
     assert labels <= set(metadata("fashion_mnist")["classes"]) | set(metadata("cifar10")["classes"])
+
+
+def test_served_probabilities_are_the_calibrated_ones_and_models_show_calibration(shipped_server, fashion):
+    """/predict gives what the served graph computes offline, and that graph has the temperature baked in:
+    its ECE/NLL on these images equal what the recorded served figures' recipe gives."""
+    import onnxruntime
+
+    from training.evaluation import calibration_figures
+
+    meta = metadata("fashion_mnist")
+    kind, _ = served_runtime(shipped_server, "fashion_mnist")
+    model_file = {"onnx_int8": "model.int8.onnx", "onnx": "model.onnx"}[kind]
+    count = 300
+    served = np.array([p["probabilities"] for start in range(0, count, 100) for p in post_images(
+        shipped_server, [png_bytes(fashion.x_test[i]) for i in range(start, start + 100)]).json()["predictions"]])
+    session = onnxruntime.InferenceSession(str(SHIPPED_MODELS / "fashion_mnist" / str(meta["version"]) / model_file))
+    offline = session.run(None, {session.get_inputs()[0].name: fashion.x_test[:count].astype(np.float32) / 255})[0]
+    assert np.max(np.abs(served - offline)) < 1e-5
+    assert calibration_figures(fashion.y_test[:count], served) == pytest.approx(
+        calibration_figures(fashion.y_test[:count], offline), abs=1e-5)
+
+    calibration = meta["calibration"]
+    assert calibration["served"]["runtime"] == kind and calibration["temperature"] > 0
+    detail = requests.get(shipped_server.url + "/models/fashion_mnist", timeout=10).json()
+    assert detail["metrics"]["calibration"] == {k: calibration["served"][k] for k in ("runtime", "ece", "nll")}
+    assert detail["calibration"]["temperature"] == calibration["temperature"]
+    brief = requests.get(shipped_server.url + "/models", timeout=10).json()["models"]
+    assert all(m["metrics"]["calibration"]["ece"] >= 0 for m in brief)

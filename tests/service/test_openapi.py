@@ -117,7 +117,7 @@ def test_the_page_and_its_assets_are_served_locally(shipped_server):
 
 
 def test_the_guides_are_served_and_nothing_else(shipped_server):
-    for name in ("api.md", "operations.md", "training.md", "performance.md", "architecture.md"):
+    for name in ("api.md", "operations.md", "training.md", "performance.md", "architecture.md", "feedback.md"):
         response = requests.get(f"{shipped_server.url}/guides/{name}", timeout=10)
         assert response.status_code == 200 and response.headers["Content-Type"].startswith("text/markdown")
         assert response.text == (ROOT / "docs" / name).read_text()

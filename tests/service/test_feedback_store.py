@@ -1,0 +1,161 @@
+"""The feedback store on SQLite (several processes writing at once) and on a real PostgreSQL server."""
+
+import glob
+import multiprocessing
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import sqlalchemy as sa
+
+from service.feedback_store import FeedbackStore, decode_pixels, encode_pixels, input_id
+from tests.conftest import free_port
+
+
+def _pixels(seed: int, shape=(28, 28)) -> np.ndarray:
+    """A normalized input as the service makes one: uint8 values / 255."""
+    return np.random.default_rng(seed).integers(0, 256, shape).astype(np.float32) / np.float32(255)
+
+
+def test_the_id_is_the_content_hash_of_the_normalized_pixels():
+    a, b = _pixels(0), _pixels(1)
+    assert input_id(a) == input_id(a.copy()) != input_id(b)
+    assert len(input_id(a)) == 64 and int(input_id(a), 16) >= 0
+
+
+def test_stored_images_are_exactly_the_normalized_pixels():
+    for shape in ((28, 28), (32, 32, 3)):
+        pixels = _pixels(2, shape)
+        restored = decode_pixels(encode_pixels(pixels)).astype(np.float32) / np.float32(255)
+        assert np.array_equal(restored, pixels) and input_id(restored) == input_id(pixels)
+
+
+def _postgres_binaries() -> str | None:
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    return os.path.dirname(found[-1]) if found else None
+
+
+@pytest.fixture(scope="module")
+def postgres_url():
+    """A real PostgreSQL server from Debian's package, on a free loopback port, stopped after the module."""
+    bindir = _postgres_binaries()
+    if bindir is None:
+        if os.environ.get("REQUIRE_POSTGRES"):
+            pytest.fail("PostgreSQL is not installed (apt-get install postgresql) and REQUIRE_POSTGRES is set")
+        pytest.skip("PostgreSQL is not installed (Debian package postgresql)")
+    # Not under pytest's private temporary folder: the server's user must be able to reach it.
+    folder = Path(tempfile.mkdtemp(prefix="feedback-postgres-"))
+    data = folder / "data"
+    # PostgreSQL refuses to run as root: run it as the package's own user when the tests are root.
+    prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    if prefix:
+        shutil.chown(folder, "postgres")
+    subprocess.run(prefix + [f"{bindir}/initdb", "-D", str(data), "-U", "feedback", "--auth=trust", "-E", "UTF8"],
+                   check=True, capture_output=True)
+    port = free_port()
+    subprocess.run(prefix + [f"{bindir}/pg_ctl", "-D", str(data), "-l", str(folder / "log"), "-w", "-o",
+                             f"-p {port} -k {folder} -c listen_addresses=127.0.0.1", "start"],
+                   check=True, capture_output=True)
+    try:
+        yield f"postgresql://feedback@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run(prefix + [f"{bindir}/pg_ctl", "-D", str(data), "-m", "fast", "stop"], capture_output=True)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request, tmp_path):
+    url = request.getfixturevalue("postgres_url") if request.param == "postgresql" else None
+    store = FeedbackStore(tmp_path / "feedback", url)
+    if url:  # one server for the module: each test starts from empty tables
+        with store.engine.begin() as connection:
+            connection.execute(sa.text("TRUNCATE feedback, retained_predictions"))
+    yield store
+    store.close()
+
+
+def test_sqlite_runs_in_wal_mode(tmp_path):
+    store = FeedbackStore(tmp_path)
+    with store.engine.connect() as connection:
+        assert connection.execute(sa.text("PRAGMA journal_mode")).scalar() == "wal"
+    assert (tmp_path / "feedback.db").exists()
+
+
+def test_the_same_image_with_the_same_label_is_stored_once(store):
+    pixels = _pixels(3)
+    image_id = input_id(pixels)
+    assert store.add_feedback(image_id, pixels, "fashion_mnist", 2, "Coat", "Shirt") is True
+    assert store.add_feedback(image_id, pixels, "fashion_mnist", 2, "Coat", "Shirt") is False
+    assert store.add_feedback(image_id, pixels, "fashion_mnist", 2, "Coat", "Coat") is True  # another label
+    assert store.add_feedback(image_id, pixels, "cifar10", 1, "cat", "Shirt") is True  # another model
+    items = store.feedback_items("fashion_mnist")
+    assert sorted(i.true_label for i in items) == ["Coat", "Shirt"]
+    assert np.array_equal(store.read_image(items[0].image_file), np.round(pixels * 255).astype(np.uint8))
+
+
+def test_stats_count_labels_and_agreement_with_the_served_prediction(store):
+    for seed, predicted, true in [(10, "Coat", "Coat"), (11, "Coat", "Shirt"), (12, "Bag", "Bag"), (13, "Bag", "Bag")]:
+        pixels = _pixels(seed)
+        store.add_feedback(input_id(pixels), pixels, "fashion_mnist", 2, predicted, true)
+    stats = store.stats("fashion_mnist")
+    assert stats["items"] == 4 and stats["agreement"] == 0.75
+    assert stats["per_label"] == {"Bag": {"items": 2, "agreement": 1.0}, "Coat": {"items": 1, "agreement": 1.0},
+                                  "Shirt": {"items": 1, "agreement": 0.0}}
+    assert store.stats("cifar10") == {"model": "cifar10", "items": 0, "agreement": None, "per_label": {}}
+
+
+def test_deleting_feedback_removes_rows_and_the_image(store):
+    pixels = _pixels(20)
+    image_id = input_id(pixels)
+    store.add_feedback(image_id, pixels, "fashion_mnist", 2, "Coat", "Shirt")
+    path = store.images / store.feedback_items("fashion_mnist")[0].image_file
+    assert path.exists()
+    assert store.delete_feedback("fashion_mnist", image_id) == 1
+    assert store.feedback_count("fashion_mnist") == 0 and not path.exists()
+
+
+def test_retained_predictions_expire_by_age_and_by_size(store):
+    ids = []
+    for seed in range(5):
+        pixels = _pixels(30 + seed)
+        ids.append(input_id(pixels))
+        store.retain(ids[-1], pixels, "fashion_mnist", 2, "Coat")
+        store.retain(ids[-1], pixels, "fashion_mnist", 2, "Coat")  # a repeat refreshes, never duplicates
+    assert store.retained_summary()["items"] == 5
+    found = store.find_retained("fashion_mnist", ids[0], 3600)
+    assert found is not None and found.predicted_label == "Coat" and found.model_version == 2
+    assert store.find_retained("cifar10", ids[0], 3600) is None
+    size = store.retained_summary()["bytes"] // 5
+    assert store.prune_retained(3600, max_bytes=size * 3) == 2  # the two oldest go
+    assert store.retained_summary()["items"] == 3
+    assert store.find_retained("fashion_mnist", ids[0], 3600) is None
+    time.sleep(0.05)
+    assert store.prune_retained(0.01, max_bytes=10**9) == 3
+    assert store.retained_summary() == {"items": 0, "bytes": 0}
+    assert not any(store.images.rglob("*.png"))
+
+
+def _write_feedback(folder, url, worker, count):
+    store = FeedbackStore(folder, url)
+    for i in range(count):
+        pixels = _pixels(1000 * worker + i)
+        store.add_feedback(input_id(pixels), pixels, "fashion_mnist", 2, "Coat", "Shirt")
+    store.close()
+
+
+def test_several_processes_write_at_once(store):
+    """Like several gunicorn workers: separate processes, one database, no write lost."""
+    url = None if store.engine.dialect.name == "sqlite" else store.engine.url.render_as_string(hide_password=False)
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=_write_feedback, args=(store.folder, url, w, 40)) for w in range(4)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(120)
+        assert worker.exitcode == 0
+    assert store.feedback_count("fashion_mnist") == 160

@@ -118,7 +118,7 @@ class GunicornServer:
             try:
                 if requests.get(self.url + "/readyz", timeout=1).status_code == 200:
                     return self
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):  # not listening yet, or busy starting
                 pass
             time.sleep(0.1)
         self.stop()

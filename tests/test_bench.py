@@ -19,7 +19,7 @@ def test_the_in_process_step_costs_cover_every_step_of_both_models(fashion, cifa
         assert steps.pop("runtime") == "onnx_int8"
         assert set(steps) == {"parse_us", "parse_werkzeug_us", "decode_us", "decode_pillow_us", "normalize_us",
                               "inference_us", "json_us", "json_stdlib_us", "metrics_us", "monitoring_us",
-                              "inference_us_per_image_in_batch_of_32"}
+                              "prediction_id_us", "inference_us_per_image_in_batch_of_32"}
         assert all(np.isfinite(value) for value in steps.values())
 
 

@@ -56,7 +56,7 @@ def test_images_build_and_the_compose_stack_serves_and_retrains(fashion, fashion
             try:
                 if requests.get(url + "/readyz", timeout=2).status_code == 200:
                     break
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):  # not listening yet, or busy starting
                 pass
             time.sleep(1)
         else:

@@ -102,7 +102,8 @@ def test_an_unknown_label_is_422_and_injection_stays_data(feedback_server, fashi
 
 def test_bad_uploads_get_the_same_errors_as_predict(feedback_server, fashion):
     image = png_bytes(fashion.x_test[40])
-    assert send(feedback_server, b"not an image at all", "Coat").status_code in (400, 415)
+    bad = send(feedback_server, b"not an image at all", "Coat")
+    assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_image"
     assert send(feedback_server, image).status_code == 400  # no label
     assert send(feedback_server, image, "Coat", model="no_such_model").status_code == 404
     oversized = requests.post(feedback_server.url + "/feedback", data=b"\x89PNG" + b"0" * (11 << 20),

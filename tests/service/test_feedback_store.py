@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from service.feedback_store import FeedbackStore, decode_pixels, encode_pixels, input_id
+from service.feedback_store import FeedbackStore, decode_pixels, encode_pixels, input_id, make_engine
 from tests.conftest import free_port
 
 
@@ -71,10 +71,12 @@ def postgres_url():
 @pytest.fixture(params=["sqlite", "postgresql"])
 def store(request, tmp_path):
     url = request.getfixturevalue("postgres_url") if request.param == "postgresql" else None
+    if url:  # one server for the module: each test starts with no tables, which the store then creates
+        engine = make_engine(url)
+        with engine.begin() as connection:
+            connection.execute(sa.text("DROP TABLE IF EXISTS feedback, retained_predictions"))
+        engine.dispose()
     store = FeedbackStore(tmp_path / "feedback", url)
-    if url:  # one server for the module: each test starts from empty tables
-        with store.engine.begin() as connection:
-            connection.execute(sa.text("TRUNCATE feedback, retained_predictions"))
     yield store
     store.close()
 

@@ -163,7 +163,8 @@ def test_every_image_is_counted_once_across_workers_and_a_restart_starts_clean(m
                       "classifier_input_original_size_pixels_bucket", model="fashion_mnist", le="28.0") == 40
         assert sample(metrics["classifier_input_resize_factor"], "classifier_input_resize_factor_bucket",
                       model="fashion_mnist", le="1.0") == 40
-        reference = json.loads((models_copy / "fashion_mnist" / "2" / "metadata.json").read_text())
+        current = (models_copy / "fashion_mnist" / "current").read_text().strip()
+        reference = json.loads((models_copy / "fashion_mnist" / current / "metadata.json").read_text())
         assert sample(metrics["classifier_reference_top1_probability"], "classifier_reference_top1_probability",
                       model="fashion_mnist") == pytest.approx(
             reference["monitoring_reference"]["top1_probability_mean"])

@@ -215,9 +215,9 @@ def test_a_killed_worker_fails_only_its_requests_in_flight_and_is_replaced(fashi
     server = GunicornServer(SHIPPED_MODELS).start()
     routable = threading.Event()
     routable.set()
-    kills = 4
+    kills, clients_count = 4, 4
     try:
-        outcomes, clients = run_load(server, png_bytes(fashion.x_test[3]), routable)
+        outcomes, clients = run_load(server, png_bytes(fashion.x_test[3]), routable, threads=clients_count)
         for _ in range(kills):
             time.sleep(1.0)
             os.kill(worker_pids(server)[0], signal.SIGKILL)
@@ -235,6 +235,7 @@ def test_a_killed_worker_fails_only_its_requests_in_flight_and_is_replaced(fashi
         server.stop()
     print(f"{kills} workers killed under load: {outcomes}")
     failed = sum(count for kind, count in outcomes.items() if kind != "ok")
-    # Only the requests in flight on the killed worker: the 4 clients' connections are spread over the 2
-    # workers to within one, so a kill catches at most 3 of them.
-    assert failed <= kills * 3 and outcomes["ok"] > 100, outcomes
+    # Only the requests in flight on the killed worker: each of the 4 clients has one keep-alive connection and
+    # one request at a time, so a kill costs each client at most one request. (Not fewer: while the replacement
+    # boots, the reconnecting clients all land on the surviving worker, which may be the next one killed.)
+    assert failed <= kills * clients_count and outcomes["ok"] > 100, outcomes

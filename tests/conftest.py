@@ -92,6 +92,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def is_ready(url: str, timeout: float = 2) -> bool:
+    """One readiness probe: False while the server is not listening yet or too busy starting to answer."""
+    try:
+        return requests.get(url + "/readyz", timeout=timeout).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def wait_until_ready(url: str, timeout: float = 120, interval: float = 0.5) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if is_ready(url):
+            return True
+        time.sleep(interval)
+    return False
+
+
 class GunicornServer:
     """The real service under gunicorn, bound to 127.0.0.1; stopped by its own PID."""
 
@@ -115,11 +132,8 @@ class GunicornServer:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"gunicorn exited with {self.process.returncode}:\n{self.output()}")
-            try:
-                if requests.get(self.url + "/readyz", timeout=1).status_code == 200:
-                    return self
-            except (requests.ConnectionError, requests.Timeout):  # not listening yet, or busy starting
-                pass
+            if is_ready(self.url, timeout=1):
+                return self
             time.sleep(0.1)
         self.stop()
         raise RuntimeError(f"gunicorn did not become ready in {timeout}s")

@@ -10,7 +10,7 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import ROOT, free_port, png_bytes
+from tests.conftest import ROOT, free_port, png_bytes, wait_until_ready
 
 pytestmark = pytest.mark.slow
 
@@ -51,15 +51,7 @@ def test_images_build_and_the_compose_stack_serves_and_retrains(fashion, fashion
     try:
         run(*compose, "up", "-d", "--no-build", env=env, timeout=300)
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if requests.get(url + "/readyz", timeout=2).status_code == 200:
-                    break
-            except (requests.ConnectionError, requests.Timeout):  # not listening yet, or busy starting
-                pass
-            time.sleep(1)
-        else:
+        if not wait_until_ready(url, timeout=120, interval=1):
             logs = run(*compose, "logs", env=env, check=False)
             raise AssertionError(f"api never became ready:\n{logs.stdout[-3000:]}{logs.stderr[-3000:]}")
 

@@ -17,7 +17,7 @@ import requests
 import yaml
 
 from service.settings import ENVIRONMENT
-from tests.conftest import ROOT, SHIPPED_MODELS, free_port, png_bytes, publish_copy
+from tests.conftest import ROOT, SHIPPED_MODELS, free_port, png_bytes, publish_copy, wait_until_ready
 
 KUSTOMIZE = ROOT / "deploy" / "kubernetes"
 KUSTOMIZATIONS = ["base", "overlays/baked-models", "overlays/online-data", "kserve"]
@@ -238,18 +238,6 @@ def test_played_replicas_share_the_models_volume_and_all_switch_to_a_promoted_ve
         for index in range(replicas):
             for name in ("metrics", "tmp"):
                 podman("volume", "rm", "-f", f"{prefix}-api-{index}-{name}", check=False)
-
-
-def wait_until_ready(url: str, timeout: float = 120) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if requests.get(url + "/readyz", timeout=2).status_code == 200:
-                return True
-        except requests.RequestException:
-            pass
-        time.sleep(0.5)
-    return False
 
 
 def served_version(url: str) -> int:

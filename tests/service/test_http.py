@@ -9,6 +9,7 @@ import requests
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
+from service.settings import Settings
 from tests.conftest import SHIPPED_MODELS, png_bytes
 
 
@@ -188,9 +189,9 @@ def test_served_probabilities_are_the_calibrated_ones_and_models_show_calibratio
     kind, _ = served_runtime(shipped_server, "fashion_mnist")
     model_file = {"onnx_int8": "model.int8.onnx", "onnx": "model.onnx"}[kind]
     count = 300
-    per_request = 50  # under MAX_IMAGES_PER_REQUEST's default of 64
+    per_request = Settings.max_images_per_request  # the server runs with the default limit
     served = np.array([p["probabilities"] for start in range(0, count, per_request) for p in post_images(
-        shipped_server, [png_bytes(fashion.x_test[i]) for i in range(start, start + per_request)]
+        shipped_server, [png_bytes(fashion.x_test[i]) for i in range(start, min(start + per_request, count))]
     ).json()["predictions"]])
     session = onnxruntime.InferenceSession(str(SHIPPED_MODELS / "fashion_mnist" / str(meta["version"]) / model_file))
     offline = session.run(None, {session.get_inputs()[0].name: fashion.x_test[:count].astype(np.float32) / 255})[0]

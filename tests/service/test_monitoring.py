@@ -18,6 +18,7 @@ from service.images import InputSpec, inspect_image
 from service.metrics import state_families
 from service.monitoring import DriftWindow, Reference, population_stability_index, reference_profile
 from tests.conftest import SHIPPED_MODELS, GunicornServer, png_bytes
+from training.publish import current_version
 
 GRAY = InputSpec((28, 28), "grayscale", True)
 LIMIT = 40_000_000
@@ -163,8 +164,8 @@ def test_every_image_is_counted_once_across_workers_and_a_restart_starts_clean(m
                       "classifier_input_original_size_pixels_bucket", model="fashion_mnist", le="28.0") == 40
         assert sample(metrics["classifier_input_resize_factor"], "classifier_input_resize_factor_bucket",
                       model="fashion_mnist", le="1.0") == 40
-        current = (models_copy / "fashion_mnist" / "current").read_text().strip()
-        reference = json.loads((models_copy / "fashion_mnist" / current / "metadata.json").read_text())
+        current = current_version(models_copy, "fashion_mnist")
+        reference = json.loads((models_copy / "fashion_mnist" / str(current) / "metadata.json").read_text())
         assert sample(metrics["classifier_reference_top1_probability"], "classifier_reference_top1_probability",
                       model="fashion_mnist") == pytest.approx(
             reference["monitoring_reference"]["top1_probability_mean"])

@@ -22,7 +22,7 @@ from tests.conftest import ROOT, SHIPPED_MODELS, free_port, png_bytes, publish_c
 KUSTOMIZE = ROOT / "deploy" / "kubernetes"
 KUSTOMIZATIONS = ["base", "overlays/baked-models", "overlays/online-data", "kserve"]
 SERVING_IMAGE, TRAINING_IMAGE = "image-classifier-service:latest", "image-classifier-train:latest"
-DATASETS = sorted(p.name for p in SHIPPED_MODELS.iterdir() if p.is_dir())
+DATASETS = sorted(p.name for p in SHIPPED_MODELS.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
 def _require(tool: str, hint: str) -> None:

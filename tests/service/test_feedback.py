@@ -202,10 +202,10 @@ def test_a_flood_is_cut_off_with_429_and_the_store_has_a_cap(tmp_path, fashion):
         server.stop()
 
 
-def test_a_database_that_is_down_costs_feedback_not_predictions(fashion):
+def test_a_database_that_is_down_costs_feedback_not_predictions(fashion, tmp_path):
     closed = f"postgresql://feedback@127.0.0.1:{free_port()}/feedback"  # nothing listens there
     server = GunicornServer(SHIPPED_MODELS, workers=1, FEEDBACK_TOKEN=TOKEN, DATABASE_URL=closed,
-                            RETAIN_PREDICTIONS="1").start()
+                            FEEDBACK_DIR=str(tmp_path), RETAIN_PREDICTIONS="1").start()
     try:
         image = png_bytes(fashion.x_test[0])
         assert predict_id(server, image)  # retention fails quietly; the answer does not

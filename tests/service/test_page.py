@@ -44,6 +44,7 @@ def browser():
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
                  "--no-first-run", "--window-size=1280,1000"):
         options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # console messages: CSP violations
     session = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=driver))
     yield session
     session.quit()
@@ -138,3 +139,25 @@ def test_the_page_classifies_real_images_and_shows_readable_errors(browser, ship
     choose_file(browser, large)
     error = latest_result(browser).find_element(By.CSS_SELECTOR, ".error").text
     assert "limit" in error, error
+
+
+def policy_violations(browser) -> list[str]:
+    """Console messages of content the page's Content-Security-Policy refused, since the last call."""
+    return [entry["message"] for entry in browser.get_log("browser") if "Content Security Policy" in entry["message"]]
+
+
+def test_the_page_and_the_api_docs_work_under_their_content_security_policy(browser, shipped_server):
+    for path in ("/", "/docs/"):
+        headers = requests.get(shipped_server.url + path, timeout=10).headers
+        policy = headers["Content-Security-Policy"]
+        assert "script-src 'self';" in policy and "frame-ancestors 'none'" in policy and "unsafe" not in policy
+        assert headers["X-Content-Type-Options"] == "nosniff" and headers["X-Frame-Options"] == "DENY"
+        assert headers["Referrer-Policy"] == "no-referrer"
+    policy_violations(browser)  # start afresh
+    browser.get(shipped_server.url + "/docs/")
+    wait_for(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, ".opblock")) >= 20,
+             "Swagger UI did not render the operations")
+    screenshot(browser, "api-docs")
+    browser.get(shipped_server.url + "/")
+    wait_for(browser, lambda d: len(Select(d.find_element(By.ID, "model")).options) == 2, "models did not load")
+    assert policy_violations(browser) == []

@@ -219,13 +219,14 @@ def post_feedback():
                                     f"{settings.retain_max_age_seconds:g} s, RETAIN_MAX_AGE_SECONDS)")
         pixels = store.read_image(found.image_file).astype(np.float32) / np.float32(255.0)
         predicted, model_version = found.predicted_label, found.model_version
-    if store.feedback_count(model.name) >= settings.feedback_max_items:
+    outcome = store.add_feedback(image_id, pixels, model.name, model_version, predicted, true_label,
+                                 max_items=settings.feedback_max_items)
+    if outcome == "full":
         raise FeedbackFull(f"{model.name!r} already has {settings.feedback_max_items} feedback items "
                            "(FEEDBACK_MAX_ITEMS); delete some or raise the limit")
-    stored = store.add_feedback(image_id, pixels, model.name, model_version, predicted, true_label)
     body = {"id": image_id, "model": model.name, "model_version": model_version, "predicted_label": predicted,
-            "label": true_label, "index": index, "stored": stored}
-    return jsonify(body), 201 if stored else 200
+            "label": true_label, "index": index, "stored": outcome == "stored"}
+    return jsonify(body), 201 if outcome == "stored" else 200
 
 
 @blueprint.delete("/feedback/<name>/<image_id>")

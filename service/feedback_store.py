@@ -39,6 +39,13 @@ feedback = sa.Table(
     sa.Column("image_file", sa.String(256), nullable=False),  # relative to the images folder
     sa.UniqueConstraint("model", "image_id", "true_label", name="one_label_per_image"),
 )
+# One row per model, updated at the start of every feedback insert: the update holds the row's lock in PostgreSQL
+# and the database's write lock in SQLite until the transaction ends, so the count that the cap compares with
+# cannot change between the count and the insert.
+feedback_locks = sa.Table(
+    "feedback_locks", metadata,
+    sa.Column("model", sa.String(128), primary_key=True),
+)
 retained = sa.Table(
     "retained_predictions", metadata,
     sa.Column("model", sa.String(128), primary_key=True),
@@ -150,17 +157,25 @@ class FeedbackStore:
     # --- feedback ---------------------------------------------------------------------------------------
 
     def add_feedback(self, image_id: str, pixels: np.ndarray, model: str, model_version: int | None,
-                     predicted_label: str | None, true_label: str) -> bool:
-        """Store one labeled image; False when this image already has this label (stored once)."""
-        relative, _ = self.save_image(image_id, pixels)
-        try:
-            with self._begin() as connection:
-                connection.execute(feedback.insert().values(
-                    image_id=image_id, model=model, model_version=model_version, predicted_label=predicted_label,
-                    true_label=true_label, created_at=time.time(), image_file=relative))
-        except sa.exc.IntegrityError:
-            return False
-        return True
+                     predicted_label: str | None, true_label: str, max_items: int | None = None) -> str:
+        """Store one labeled image: "stored"; "duplicate" when this image already has this label (stored once);
+        "full" when the model already has ``max_items``, decided atomically whatever other writers do."""
+        with self._begin() as connection:
+            _lock_model(connection, model)
+            if max_items is not None and connection.execute(
+                    sa.select(sa.func.count()).select_from(feedback).where(feedback.c.model == model)
+            ).scalar_one() >= max_items:
+                return "full"
+            relative, _ = self.save_image(image_id, pixels)
+            try:
+                with connection.begin_nested():
+                    connection.execute(feedback.insert().values(
+                        image_id=image_id, model=model, model_version=model_version,
+                        predicted_label=predicted_label, true_label=true_label, created_at=time.time(),
+                        image_file=relative))
+            except sa.exc.IntegrityError:
+                return "duplicate"
+        return "stored"
 
     def feedback_count(self, model: str) -> int:
         with self._connect() as connection:
@@ -272,6 +287,18 @@ class FeedbackStore:
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+def _lock_model(connection: sa.Connection, model: str) -> None:
+    """Hold the model's feedback lock until the transaction ends (``feedback_locks``)."""
+    lock = feedback_locks.update().where(feedback_locks.c.model == model).values(model=model)
+    if connection.execute(lock).rowcount:
+        return
+    try:
+        with connection.begin_nested():
+            connection.execute(feedback_locks.insert().values(model=model))
+    except sa.exc.IntegrityError:  # another writer created it first: wait for its lock like any other
+        connection.execute(lock)
 
 
 def make_engine(url: str) -> sa.Engine:

@@ -74,7 +74,7 @@ def store(request, tmp_path):
     if url:  # one server for the module: each test starts with no tables, which the store then creates
         engine = make_engine(url)
         with engine.begin() as connection:
-            connection.execute(sa.text("DROP TABLE IF EXISTS feedback, retained_predictions"))
+            connection.execute(sa.text("DROP TABLE IF EXISTS feedback, retained_predictions, feedback_locks"))
         engine.dispose()
     store = FeedbackStore(tmp_path / "feedback", url)
     yield store
@@ -91,10 +91,10 @@ def test_sqlite_runs_in_wal_mode(tmp_path):
 def test_the_same_image_with_the_same_label_is_stored_once(store):
     pixels = _pixels(3)
     image_id = input_id(pixels)
-    assert store.add_feedback(image_id, pixels, "fashion_mnist", 2, "Coat", "Shirt") is True
-    assert store.add_feedback(image_id, pixels, "fashion_mnist", 2, "Coat", "Shirt") is False
-    assert store.add_feedback(image_id, pixels, "fashion_mnist", 2, "Coat", "Coat") is True  # another label
-    assert store.add_feedback(image_id, pixels, "cifar10", 1, "cat", "Shirt") is True  # another model
+    assert store.add_feedback(image_id, pixels, "fashion_mnist", 2, "Coat", "Shirt") == "stored"
+    assert store.add_feedback(image_id, pixels, "fashion_mnist", 2, "Coat", "Shirt") == "duplicate"
+    assert store.add_feedback(image_id, pixels, "fashion_mnist", 2, "Coat", "Coat") == "stored"  # another label
+    assert store.add_feedback(image_id, pixels, "cifar10", 1, "cat", "Shirt") == "stored"  # another model
     items = store.feedback_items("fashion_mnist")
     assert sorted(i.true_label for i in items) == ["Coat", "Shirt"]
     assert np.array_equal(store.read_image(items[0].image_file), np.round(pixels * 255).astype(np.uint8))
@@ -142,11 +142,13 @@ def test_retained_predictions_expire_by_age_and_by_size(store):
     assert not any(store.images.rglob("*.png"))
 
 
-def _write_feedback(folder, url, worker, count):
+def _write_feedback(folder, url, worker, count, max_items=None, start=None):
     store = FeedbackStore(folder, url)
+    if start is not None:
+        start.wait(60)  # every writer at once, as a burst of concurrent requests
     for i in range(count):
         pixels = _pixels(1000 * worker + i)
-        store.add_feedback(input_id(pixels), pixels, "fashion_mnist", 2, "Coat", "Shirt")
+        store.add_feedback(input_id(pixels), pixels, "fashion_mnist", 2, "Coat", "Shirt", max_items=max_items)
     store.close()
 
 
@@ -161,3 +163,23 @@ def test_several_processes_write_at_once(store):
         worker.join(120)
         assert worker.exitcode == 0
     assert store.feedback_count("fashion_mnist") == 160
+
+
+def test_the_cap_holds_exactly_under_concurrent_writers(store):
+    """FEEDBACK_MAX_ITEMS=50 with four processes writing 24 items each at once: 50 stored, not one more, and no
+    image left on disk for the refused ones."""
+    url = None if store.engine.dialect.name == "sqlite" else store.engine.url.render_as_string(hide_password=False)
+    context = multiprocessing.get_context("spawn")
+    start = context.Event()
+    workers = [context.Process(target=_write_feedback, args=(store.folder, url, w, 24, 50, start))
+               for w in range(4)]
+    for worker in workers:
+        worker.start()
+    start.set()
+    for worker in workers:
+        worker.join(120)
+        assert worker.exitcode == 0
+    assert store.feedback_count("fashion_mnist") == 50
+    assert len(list(store.images.rglob("*.png"))) == 50
+    pixels = _pixels(99_999)
+    assert store.add_feedback(input_id(pixels), pixels, "fashion_mnist", 2, "Coat", "Shirt", max_items=50) == "full"

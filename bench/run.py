@@ -214,8 +214,7 @@ def in_process_costs(images: dict, models_dir: Path, repeat: int = 300) -> dict:
     from flask import Request
 
     from service import metrics
-    from service.fast_decode import decode_plain
-    from service.images import decode_image, inspect_image, normalize_pixels, oriented_in_mode
+    from service.images import decode_image, decode_pixels, inspect_image, normalize_pixels, oriented_in_mode, plan_decode
     from service.model_monitor import ModelMonitor
     from service.registry import ModelRegistry
     from service.feedback_store import input_id
@@ -251,12 +250,13 @@ def in_process_costs(images: dict, models_dir: Path, repeat: int = 300) -> dict:
         werkzeug_us, _ = timed(lambda b: request_for(b).files["image"].read(), sample)
         request_us, _ = timed(request_for, sample)
 
+        limits = settings.decode_limits
+
         def through_pillow(data: bytes) -> np.ndarray:
             return np.asarray(oriented_in_mode(decode_image(data, settings.max_image_pixels), spec))
 
-        def decode(data: bytes) -> np.ndarray:
-            pixels = decode_plain(data, spec.pillow_mode, settings.max_image_pixels)
-            return pixels if pixels is not None else through_pillow(data)
+        def decode(data: bytes) -> np.ndarray:  # the header read, the cost checked, the pixels decoded
+            return decode_pixels(plan_decode(data, spec, limits), spec)
 
         decode_us, decoded = timed(decode, uploads)
         pillow_us, _ = timed(through_pillow, uploads)
@@ -277,7 +277,7 @@ def in_process_costs(images: dict, models_dir: Path, repeat: int = 300) -> dict:
 
         metrics_us, _ = timed(record, outputs)
         monitor = ModelMonitor()
-        facts = [inspect_image(data, spec, settings.max_image_pixels)[1] for data in sample]
+        facts = [inspect_image(data, spec, limits)[1] for data in sample]
         monitoring_us, _ = timed(lambda item: monitor.observe(model, item[0][np.newaxis], item[1],
                                                               [int(item[1].argmax())], [item[2]]),
                                  list(zip(arrays, outputs, facts)))

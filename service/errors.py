@@ -10,18 +10,22 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from flask import Flask, jsonify, request
+from gunicorn.http import errors as http_errors
+from werkzeug.exceptions import ClientDisconnected, HTTPException
 
 from service import metrics
-from werkzeug.exceptions import ClientDisconnected, HTTPException
 
 
 class ClientError(Exception):
+    """A request the service will not serve; ``headers`` travel with the answer (``Retry-After``, ...)."""
+
     status = 400
     code = "bad_request"
 
-    def __init__(self, message: str):
+    def __init__(self, message: str, headers: dict[str, str] | None = None):
         super().__init__(message)
         self.message = message
+        self.headers = headers or {}
 
 
 class MissingImage(ClientError):
@@ -73,6 +77,23 @@ class ImageTooLarge(ClientError):
     code = "image_too_large"
 
 
+class RequestTooLarge(ClientError):
+    """All of a request's images together would cost more to decode than one request may."""
+
+    status = 413
+    code = "request_too_large"
+
+
+class ServiceBusy(ClientError):
+    """The worker is at its budget (request bytes in memory, large decodes); the client should retry shortly."""
+
+    status = 503
+    code = "busy"
+
+    def __init__(self, message: str, retry_after_seconds: int = 1):
+        super().__init__(message, {"Retry-After": str(retry_after_seconds)})
+
+
 class RequestTimeout(ClientError):
     status = 408
     code = "request_timeout"
@@ -82,6 +103,28 @@ class NotReady(ClientError):
     status = 503
     code = "not_ready"
 
+
+class BufferFull(ConnectionError):
+    """Raised by the worker's socket while a request is read: receiving more would take the worker past
+    MAX_BUFFERED_BYTES (service/worker.py). An OSError, so Werkzeug reports it as a cut-off body."""
+
+
+class UploadTooSlow(TimeoutError):
+    """Raised by the worker's socket: a body has taken BODY_TIMEOUT_SECONDS and arrives slower than
+    MIN_UPLOAD_RATE on average."""
+
+
+# What gunicorn's own parser refuses, before the app runs, -> (status, reason, code); the worker answers these in
+# the same JSON shapes (service/worker.py). Any other ParseException is a plain 400.
+PARSE_ERRORS = (
+    (http_errors.LimitRequestLine, 414, "URI Too Long", "request_line_too_long"),
+    (http_errors.LimitRequestHeaders, 431, "Request Header Fields Too Large", "headers_too_large"),
+    (http_errors.UnsupportedTransferCoding, 501, "Not Implemented", "unsupported_transfer_coding"),
+    (http_errors.ExpectationFailed, 417, "Expectation Failed", "expectation_failed"),
+    (http_errors.ForbiddenProxyRequest, 403, "Forbidden", "forbidden"),
+    (http_errors.ConfigurationProblem, 500, "Internal Server Error", "internal_error"),
+    (http_errors.ParseException, 400, "Bad Request", "bad_request"),
+)
 
 HTTP_CODES = {
     400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large",
@@ -99,26 +142,36 @@ ErrorShape = Callable[[str, str], dict]  # (code, message) -> the JSON body
 def register_error_handlers(app: Flask, shape_for: Callable[[str], ErrorShape] = lambda path: error_body) -> None:
     """Every error becomes JSON, in the shape ``shape_for(request.path)`` gives (by default the native one)."""
 
-    def render(code: str, message: str, status: int):
-        return jsonify(shape_for(request.path)(code, message)), status
+    def render(code: str, message: str, status: int, headers: dict[str, str] | None = None):
+        return jsonify(shape_for(request.path)(code, message)), status, headers or {}
 
     @app.errorhandler(ClientError)
     def client_error(error: ClientError):
-        return render(error.code, error.message, error.status)
+        return render(error.code, error.message, error.status, error.headers)
 
     @app.errorhandler(TimeoutError)
     def body_timeout(error: TimeoutError):
-        # Raised by the socket when the client pauses longer than BODY_TIMEOUT_SECONDS (service/worker.py).
+        # Raised by the socket when the client pauses longer than BODY_TIMEOUT_SECONDS, or sends slower than
+        # MIN_UPLOAD_RATE (service/worker.py).
         metrics.series(metrics.CLIENT_TIMEOUTS, "body").inc()
+        if isinstance(error, UploadTooSlow):
+            return client_error(RequestTimeout(str(error)))
         seconds = app.extensions["settings"].body_timeout_seconds
         return client_error(RequestTimeout(f"the request body stopped arriving for {seconds:g} s "
                                            "(BODY_TIMEOUT_SECONDS)"))
 
+    @app.errorhandler(BufferFull)
+    def buffer_full(error: BufferFull):
+        return client_error(ServiceBusy(str(error)))
+
     @app.errorhandler(ClientDisconnected)
     def body_cut_off(error: ClientDisconnected):
-        # Werkzeug turns a failed body read into this 400; a read that timed out is the client's slowness.
+        # Werkzeug turns a failed body read into this 400; a read that timed out is the client's slowness, and a
+        # read refused by the worker's budget is the worker's load.
         if isinstance(error.__context__, TimeoutError):
             return body_timeout(error.__context__)
+        if isinstance(error.__context__, BufferFull):
+            return buffer_full(error.__context__)
         return http_error(error)
 
     @app.errorhandler(HTTPException)
@@ -128,7 +181,7 @@ def register_error_handlers(app: Flask, shape_for: Callable[[str], ErrorShape] =
         if status == 413:
             limit = app.config.get("MAX_CONTENT_LENGTH")
             message = f"the upload is larger than the limit of {limit} bytes (MAX_UPLOAD_BYTES)"
-        response, _ = render(HTTP_CODES.get(status, error.name.lower().replace(" ", "_")), message, status)
+        response, _, _ = render(HTTP_CODES.get(status, error.name.lower().replace(" ", "_")), message, status)
         if status == 405 and error.valid_methods:
             response.headers["Allow"] = ", ".join(error.valid_methods)
         return response, status

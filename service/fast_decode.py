@@ -1,18 +1,24 @@
-"""Direct decoding of plain PNG and JPEG uploads, the common case, without Pillow's per-file overhead.
+"""Direct decoding of PNG and JPEG uploads, the common case, without Pillow's per-file overhead.
 
 For a 28x28 PNG or a 32x32 JPEG, Pillow spends most of its time parsing chunks and markers in Python;
 libspng (``pyspng``) and libjpeg-turbo (``simplejpeg``) decode the same file to a NumPy array three to seven
 times faster (``make bench`` prints both).
-This path only takes files whose pixels Pillow would give unchanged after the color-mode conversion:
-8-bit PNGs and JPEGs already in the model's mode, with no transparency and no metadata that could rotate
-them. Everything else, and anything these decoders reject, returns ``None`` and goes the general Pillow
-way, which also words every error. Both ways give identical pixels (tests/service/test_fast_decode.py).
+
+- PNG: only small files whose pixels Pillow would give unchanged after the color-mode conversion: 8 bits,
+  already in the model's mode, no transparency and no metadata that could rotate them. Everything else
+  returns ``None`` and goes the general Pillow way, which also words every error.
+- JPEG: every file. libjpeg-turbo decodes at a reduced scale when the image is much larger than the model's
+  input (its DCT scaling: a 24-megapixel photo costs the decoder a 64th of its pixels), and in strict mode, so a
+  file whose scan data is cut short is refused even when its end marker is there. Both ways give Pillow's
+  pixels for images decoded at full scale (tests/service/test_fast_decode.py).
 """
 
 from __future__ import annotations
 
+import math
 import re
 import struct
+from typing import NamedTuple
 
 import numpy as np
 
@@ -26,39 +32,77 @@ JPEG_START = b"\xff\xd8\xff"
 PNG_COLOR_TYPES = {"L": 0, "RGB": 2}
 # A byte search, not a chunk walk: a false match in compressed data only means the slower path.
 PNG_CHUNKS_NEEDING_PILLOW = re.compile(rb"tRNS|eXIf|acTL|zTXt|tEXt|iTXt")
-# libjpeg-turbo colorspace names per Pillow mode. An APP1 segment (EXIF or XMP) may carry an orientation.
-JPEG_COLORSPACES = {"L": "Gray", "RGB": "YCbCr"}
+# Larger PNGs go to Pillow, which can shrink them early (service.images) before converting their mode.
+DIRECT_PNG_MAX_PIXELS = 1 << 20
+# libjpeg-turbo's colorspaces that it converts to RGB or gray itself; CMYK and YCCK need Pillow's conversion.
+JPEG_DIRECT_COLORSPACES = ("Gray", "YCbCr", "RGB")
 JPEG_APP1 = b"\xff\xe1"
+# libjpeg-turbo scales by n/8 while decoding.
+JPEG_SCALES = tuple(n / 8 for n in range(1, 9))
 
 
-def decode_plain(data: bytes, mode: str, max_pixels: int) -> np.ndarray | None:
-    """uint8 pixels (HxW for "L", HxWx3 for "RGB") of a plain PNG or JPEG in ``mode``, else None."""
+class PngHeader(NamedTuple):
+    width: int
+    height: int
+    bit_depth: int
+    color_type: int
+
+
+def png_header(data: bytes) -> PngHeader | None:
+    """The IHDR fields of a PNG, or None when the file does not start like one."""
+    if not data.startswith(PNG_SIGNATURE) or len(data) < 26 or data[12:16] != b"IHDR":
+        return None
+    return PngHeader(*struct.unpack(">IIBB", data[16:26]))
+
+
+def direct_png(data: bytes, header: PngHeader, mode: str) -> bool:
+    """Whether this PNG can skip Pillow: small, 8 bits, in ``mode``, nothing Pillow would act on."""
+    return (header.width * header.height <= DIRECT_PNG_MAX_PIXELS and header.bit_depth == 8
+            and header.color_type == PNG_COLOR_TYPES.get(mode) and not PNG_CHUNKS_NEEDING_PILLOW.search(data))
+
+
+def decode_png(data: bytes, header: PngHeader) -> np.ndarray | None:
+    """uint8 pixels of a PNG that ``direct_png`` accepted; None when libspng fails (Pillow then explains)."""
     try:
-        if data.startswith(PNG_SIGNATURE):
-            return _decode_png(data, mode, max_pixels)
-        if data.startswith(JPEG_START):
-            return _decode_jpeg(data, mode, max_pixels)
-    except (RuntimeError, ValueError, struct.error):
-        return None  # corrupt or unusual: the Pillow path decides, and explains
-    return None
-
-
-def _decode_png(data: bytes, mode: str, max_pixels: int) -> np.ndarray | None:
-    if data[12:16] != b"IHDR":
+        pixels = pyspng.load(data)
+    except (RuntimeError, ValueError):
         return None
-    width, height, bit_depth, color_type = struct.unpack(">IIBB", data[16:26])
-    if (width * height > max_pixels or bit_depth != 8 or color_type != PNG_COLOR_TYPES.get(mode)
-            or PNG_CHUNKS_NEEDING_PILLOW.search(data)):
-        return None
-    pixels = pyspng.load(data)
-    return pixels if pixels.dtype == np.uint8 and pixels.shape[:2] == (height, width) else None
+    return pixels if pixels.dtype == np.uint8 and pixels.shape[:2] == (header.height, header.width) else None
 
 
-def _decode_jpeg(data: bytes, mode: str, max_pixels: int) -> np.ndarray | None:
-    if JPEG_APP1 in data:
+class JpegHeader(NamedTuple):
+    width: int
+    height: int
+    colorspace: str  # libjpeg-turbo's: Gray, YCbCr, RGB, CMYK or YCCK
+    oriented: bool  # it has an APP1 segment (EXIF), which may say how to rotate it
+
+
+def jpeg_header(data: bytes) -> JpegHeader | None:
+    """The size and colorspace of a JPEG, read by libjpeg-turbo; None when the file does not start like one.
+    Raises ValueError for a JPEG whose header libjpeg-turbo cannot read."""
+    if not data.startswith(JPEG_START):
         return None
     height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)
-    if width * height > max_pixels or colorspace != JPEG_COLORSPACES.get(mode):
-        return None
-    pixels = simplejpeg.decode_jpeg(data, colorspace="GRAY" if mode == "L" else "RGB", strict=True)
-    return pixels[:, :, 0] if mode == "L" else pixels
+    return JpegHeader(width, height, colorspace, JPEG_APP1 in data)
+
+
+def jpeg_scale(width: int, height: int, min_width: int, min_height: int) -> float:
+    """The smallest of libjpeg-turbo's scales that keeps the image at least ``min_width`` x ``min_height``."""
+    return next((scale for scale in JPEG_SCALES
+                 if math.ceil(width * scale) >= min_width and math.ceil(height * scale) >= min_height), 1.0)
+
+
+def decode_jpeg(data: bytes, header: JpegHeader, mode: str, min_width: int, min_height: int) -> np.ndarray:
+    """uint8 pixels, HxW for "L" and HxWx3 for "RGB" (CMYK and YCCK files: HxWx4, CMYK), decoded at the smallest
+    scale that keeps ``min_width`` x ``min_height``. Strict: raises ValueError for a damaged file.
+
+    A color file for a gray model is decoded in color: Pillow's RGB -> L conversion, applied afterwards, gives
+    the same pixels as Pillow alone; libjpeg-turbo's own luma would differ by one here and there.
+    """
+    if header.colorspace not in JPEG_DIRECT_COLORSPACES:
+        colorspace = "CMYK"
+    else:
+        colorspace = "GRAY" if mode == "L" and header.colorspace == "Gray" else "RGB"
+    pixels = simplejpeg.decode_jpeg(data, colorspace=colorspace, min_width=min_width, min_height=min_height,
+                                    strict=True)
+    return pixels[:, :, 0] if colorspace == "GRAY" else pixels

@@ -20,7 +20,7 @@ from flask import Blueprint, current_app, jsonify, request
 from service.errors import ClientError, InvalidParameter, TooManyImages, error_body
 from service.feedback_store import ID_PATTERN, FeedbackStore, input_id
 from service.images import inspect_image
-from service.protocols.common import served_model
+from service.protocols.common import served_model, whole_number
 from service.registry import LoadedModel
 from service.settings import Settings
 from service.uploads import read_form
@@ -139,8 +139,9 @@ def parse_label(raw: str | None, model: LoadedModel) -> tuple[int, str]:
     if raw is None or raw == "":
         raise InvalidParameter("send the true label as 'label': a class name or its index")
     classes = model.classes
-    if raw.isascii() and raw.isdigit() and int(raw) < len(classes):
-        return int(raw), classes[int(raw)]
+    index = whole_number(raw)
+    if index is not None and index < len(classes):
+        return index, classes[index]
     if raw in classes:
         return classes.index(raw), raw
     folded = [c.casefold() for c in classes]
@@ -200,7 +201,7 @@ def post_feedback():
     if images:
         if fields.get("id"):
             raise InvalidParameter("send either an image or the id of a prediction, not both")
-        pixels, _ = inspect_image(images[0], model.input_spec, settings.max_image_pixels)
+        pixels, _ = inspect_image(images[0], model.input_spec, settings.decode_limits)
         image_id = input_id(pixels)
         predicted = model.classes[int(model.runtime.predict(pixels[np.newaxis]).argmax())]
         model_version = model.version

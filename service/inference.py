@@ -12,15 +12,17 @@ from typing import NamedTuple
 import numpy as np
 
 from service import metrics
+from service.budget import DecodeGate
 from service.errors import InvalidTensor
 from service.feedback_store import input_id
-from service.images import UploadFacts, inspect_image
+from service.images import DecodeLimits, UploadFacts, decode_planned, plan_batch
 from service.model_monitor import ModelMonitor
 from service.registry import LoadedModel
 
 # Configured from the settings by create_app; one per worker process.
 monitor = ModelMonitor()
 retention = None  # a service.feedback.Retention when RETAIN_PREDICTIONS is on
+decode_gate = DecodeGate()
 
 
 class Classified(NamedTuple):
@@ -32,11 +34,15 @@ class Classified(NamedTuple):
     ids: list[str]
 
 
-def classify_images(model: LoadedModel, images: list[bytes], max_pixels: int) -> Classified:
+def classify_images(model: LoadedModel, images: list[bytes], limits: DecodeLimits) -> Classified:
     """Encoded image files (PNG, JPEG, ...) -> (len(images), classes) probabilities, through the same
-    decoding and normalization as every upload."""
+    decoding and normalization as every upload. Every image's header is read and the request's cost checked
+    against ``limits`` before the first one is decoded."""
     started = time.perf_counter()
-    prepared = [inspect_image(data, model.input_spec, max_pixels) for data in images]
+    prepared = []
+    for plan in plan_batch(images, model.input_spec, limits):
+        with decode_gate.decoding(plan.work):
+            prepared.append(decode_planned(plan, model.input_spec))
     batch = prepared[0][0][np.newaxis] if len(prepared) == 1 else np.stack([array for array, _ in prepared])
     return _predict(model, batch, started, [facts for _, facts in prepared])
 

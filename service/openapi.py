@@ -30,7 +30,7 @@ def json_response(description: str, schema: dict) -> dict:
 
 def error_codes() -> list[str]:
     """Every ``code`` a native error body can carry: the client errors' own and the ones routing produces."""
-    codes = set(errors.HTTP_CODES.values())
+    codes = set(errors.HTTP_CODES.values()) | {code for *_, code in errors.PARSE_ERRORS}
     pending = [errors.ClientError]
     while pending:
         cls = pending.pop()

@@ -17,9 +17,15 @@ class Settings:
     # "auto": the int8 ONNX model where a version has one, else the float one; or force "onnx_int8", "onnx"
     # (float32) or "keras" (the reference, needs TensorFlow).
     runtime: str = "auto"
+    # What a request may cost (docs/operations.md#limits); each is checked before the work it bounds starts.
     max_upload_bytes: int = 10 * 1024 * 1024
-    max_image_pixels: int = 40_000_000  # width x height; a decompression-bomb guard
+    max_image_pixels: int = 40_000_000  # width x height one image may declare
+    max_decode_bytes: int = 64 * 1024 * 1024  # peak memory of decoding one image
+    max_request_pixels: int = 16_000_000  # pixels decoded for all of a request's images together
     max_images_per_request: int = 64
+    max_header_bytes: int = 64 * 1024  # a request's line and headers together
+    max_buffered_bytes: int = 32 * 1024 * 1024  # request bytes one worker holds in memory, all connections
+    min_upload_rate: int = 32 * 1024  # bytes/s a body must average once it has taken BODY_TIMEOUT_SECONDS
     default_top_k: int = 5
     reload_interval_seconds: float = 2.0  # how often workers look for a new current version
     host: str = "127.0.0.1"
@@ -69,8 +75,9 @@ class Settings:
     def validate(self) -> None:
         if self.runtime not in RUNTIME_CHOICES:
             raise ValueError(f"MODEL_RUNTIME must be one of {', '.join(RUNTIME_CHOICES)}, not {self.runtime!r}")
-        for name in ("max_upload_bytes", "max_image_pixels", "max_images_per_request", "default_top_k", "port",
-                     "workers", "worker_connections"):
+        for name in ("max_upload_bytes", "max_image_pixels", "max_decode_bytes", "max_request_pixels",
+                     "max_images_per_request", "max_header_bytes", "max_buffered_bytes", "min_upload_rate",
+                     "default_top_k", "port", "workers", "worker_connections"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{ENVIRONMENT[name]} must be at least 1")
         if self.reload_interval_seconds <= 0:
@@ -94,6 +101,16 @@ class Settings:
             raise ValueError("RETAIN_PREDICTIONS needs FEEDBACK_TOKEN: retained inputs are only for feedback")
         if self.drift_window_images < 10:
             raise ValueError("DRIFT_WINDOW_IMAGES must be at least 10")
+        if self.max_buffered_bytes < self.max_upload_bytes + self.max_header_bytes:
+            raise ValueError("MAX_BUFFERED_BYTES must hold at least one whole request: MAX_UPLOAD_BYTES + "
+                             "MAX_HEADER_BYTES")
+
+    @property
+    def decode_limits(self):
+        """The limits ``service.images`` checks before decoding (imported here: the master needs no Pillow)."""
+        from service.images import DecodeLimits
+
+        return DecodeLimits(self.max_image_pixels, self.max_decode_bytes, self.max_request_pixels)
 
     @property
     def feedback_enabled(self) -> bool:
@@ -109,7 +126,7 @@ class Settings:
 
 
 RUNTIME_CHOICES = ("auto", "onnx_int8", "onnx", "keras")
-WORKER_CLASSES = {"gevent": "service.worker.ServiceWorker", "sync": "sync"}
+WORKER_CLASSES = {"gevent": "service.worker.ServiceWorker", "sync": "service.worker.SyncServiceWorker"}
 
 ENVIRONMENT = {
     "models_dir": "MODELS_DIR",
@@ -117,7 +134,12 @@ ENVIRONMENT = {
     "runtime": "MODEL_RUNTIME",
     "max_upload_bytes": "MAX_UPLOAD_BYTES",
     "max_image_pixels": "MAX_IMAGE_PIXELS",
+    "max_decode_bytes": "MAX_DECODE_BYTES",
+    "max_request_pixels": "MAX_REQUEST_PIXELS",
     "max_images_per_request": "MAX_IMAGES_PER_REQUEST",
+    "max_header_bytes": "MAX_HEADER_BYTES",
+    "max_buffered_bytes": "MAX_BUFFERED_BYTES",
+    "min_upload_rate": "MIN_UPLOAD_RATE",
     "default_top_k": "DEFAULT_TOP_K",
     "reload_interval_seconds": "MODEL_RELOAD_SECONDS",
     "host": "HOST",

@@ -10,6 +10,7 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench import hostile
 from tests.conftest import ROOT, free_port, png_bytes, wait_until_ready
 
 pytestmark = pytest.mark.slow
@@ -77,3 +78,34 @@ def test_images_build_and_the_compose_stack_serves_and_retrains(fashion, fashion
         assert state.strip() == "true"
     finally:
         run(*compose, "down", "-v", env=env, check=False, timeout=300)
+
+
+def test_the_serving_image_under_the_kubernetes_memory_limit_survives_the_hostile_corpus(fashion):
+    """The Deployment's limits (512 Mi, 2 CPUs) on one container with its two default workers: every hostile case
+    gets its answer, no process is killed for memory, no worker is replaced, and other clients keep being served."""
+    _require_podman()
+    run("podman", "build", "--format", "docker", "--target", "serve", "-t", "image-classifier-service:latest", ".")
+    name, port = f"ics-hostile-{uuid.uuid4().hex[:8]}", free_port()
+    run("podman", "run", "-d", "--name", name, "--memory", "512m", "--memory-swap", "512m", "--cpus", "2",
+        "-p", f"127.0.0.1:{port}:8000", "-e", "FEEDBACK_TOKEN=hostile-token", "-e", "BODY_TIMEOUT_SECONDS=2",
+        "image-classifier-service:latest")
+    try:
+        assert wait_until_ready(f"http://127.0.0.1:{port}", timeout=120, interval=1), \
+            run("podman", "logs", name, check=False).stderr[-3000:]
+        hostile.prepare()
+        for case in hostile.CASES:
+            result = hostile.run_case(case, ("127.0.0.1", port), "hostile-token", None)
+            statuses = {answer.status for answer in result.answers}
+            assert statuses <= set(case.expect), (case.name, statuses)
+            assert result.probe_failures == [], (case.name, result.probe_failures)
+        state = run("podman", "inspect", "--format", "{{.State.Running}} {{.State.OOMKilled}} {{.RestartCount}}",
+                    name).stdout.split()
+        assert state == ["true", "false", "0"], state
+        logs = run("podman", "logs", name).stderr
+        assert logs.count("Booting worker with pid") == 2, logs[-3000:]
+        assert "SIGKILL" not in logs and "out of memory" not in logs.lower(), logs[-3000:]
+        peak = run("podman", "exec", name, "sh", "-c", "cat /sys/fs/cgroup/memory/memory.max_usage_in_bytes "
+                   "2>/dev/null || cat /sys/fs/cgroup/memory.peak", check=False).stdout.strip()
+        print(f"the container's peak memory over the corpus: {int(peak or 0) / 2**20:.0f} MiB of 512 MiB")
+    finally:
+        run("podman", "rm", "-f", name, check=False, timeout=120)

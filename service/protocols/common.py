@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from flask import current_app, g
 
 from service.registry import LoadedModel
@@ -27,3 +29,12 @@ def message_error_body(code: str, message: str) -> dict:
 
 # Where a protocol's body has no room for prediction ids (TF Serving), they go in this header, comma-separated.
 PREDICTION_IDS_HEADER = "X-Prediction-Ids"
+
+
+DIGITS = re.compile(r"[0-9]{1,18}")  # ASCII digits only, and few enough that int() is cheap
+
+
+def whole_number(text: str | None) -> int | None:
+    """A non-negative whole number written in ASCII digits (at most 18), else None: ``int()`` alone would take
+    other scripts' digits ("³") and thousands of digits, and fail or spend its time on them."""
+    return int(text) if text is not None and DIGITS.fullmatch(text) else None

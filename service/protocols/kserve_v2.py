@@ -27,7 +27,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 
 from service.errors import ClientError, InvalidTensor, TooManyImages
 from service.inference import Classified, classify_images, classify_pixels
-from service.protocols.common import message_error_body, ready_to_serve, served_model
+from service.protocols.common import message_error_body, ready_to_serve, served_model, whole_number
 from service.registry import LoadedModel
 
 NAME = "kserve_v2"
@@ -37,6 +37,7 @@ EXTENSIONS = ["classification", "binary_tensor_data"]
 PIXELS_INPUT, IMAGE_INPUT, OUTPUT = "pixels", "image", "probabilities"
 PLATFORMS = {"onnx": "onnxruntime_onnx", "onnx_int8": "onnxruntime_onnx", "keras": "keras"}
 HEADER_LENGTH = "Inference-Header-Content-Length"
+MAX_SHAPE_RANK = 8  # a batch of 32x32x3 images has 4 dimensions; NumPy stops at 64
 
 blueprint = Blueprint("kserve_v2", __name__, url_prefix=PATH_PREFIX)
 
@@ -75,10 +76,11 @@ def parse_infer_request(body: bytes, header_length: str | None, max_images: int)
     """The request body (JSON, or a JSON header followed by binary tensor data) -> an ``InferRequest``."""
     binary = b""
     if header_length is not None:
-        if not header_length.isdigit() or int(header_length) > len(body):
-            raise InvalidRequest(f"{HEADER_LENGTH}: {header_length!r} is not a length within the "
-                                 f"{len(body)}-byte body")
-        body, binary = body[:int(header_length)], body[int(header_length):]
+        length = whole_number(header_length)
+        if length is None or length > len(body):
+            shown = header_length if len(header_length) <= 24 else header_length[:24] + "..."
+            raise InvalidRequest(f"{HEADER_LENGTH}: {shown!r} is not a length within the {len(body)}-byte body")
+        body, binary = body[:length], body[length:]
     try:
         document = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -107,6 +109,8 @@ def parse_infer_request(body: bytes, header_length: str | None, max_images: int)
         raise InvalidRequest("'outputs' must be a list of objects")
     else:
         requested = tuple(_parse_output(o, binary_default) for o in outputs)
+        if len(requested) > 1:  # the model has one output: each answer is one more copy of it
+            raise InvalidRequest(f"'outputs' names '{OUTPUT}' {len(requested)} times; name each output once")
     return InferRequest(request_id, tensor, requested)
 
 
@@ -125,9 +129,10 @@ def _parse_input(item: dict, binary: bytes, max_images: int) -> tuple[InferInput
     expected = "FP32" if name == PIXELS_INPUT else "BYTES"
     if datatype != expected:
         raise InvalidTensor(f"input {name!r} must have datatype {expected}, not {datatype!r}")
-    if (not isinstance(shape, list) or not shape
+    if (not isinstance(shape, list) or not 0 < len(shape) <= MAX_SHAPE_RANK
             or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape)):
-        raise InvalidTensor(f"input {name!r} needs a 'shape': a list of non-negative whole numbers")
+        raise InvalidTensor(f"input {name!r} needs a 'shape': a list of 1 to {MAX_SHAPE_RANK} non-negative whole "
+                            "numbers")
     count = math.prod(shape)
     size = _parameters(item, f"input {name!r}").get("binary_data_size")
     if size is not None:
@@ -196,11 +201,16 @@ def _json_bytes(data, count: int, name: str) -> list[bytes]:
 
 
 def _flatten(data):
-    if isinstance(data, list):
-        for item in data:
-            yield from _flatten(item)
-    else:
-        yield data
+    """The leaves of nested lists, depth first, without recursion (JSON may nest a thousand deep)."""
+    stack = [iter([data])]
+    while stack:
+        for item in stack[-1]:
+            if isinstance(item, list):
+                stack.append(iter(item))
+                break
+            yield item
+        else:
+            stack.pop()
 
 
 def _parse_output(item: dict, binary_default: bool) -> RequestedOutput:
@@ -322,7 +332,7 @@ def infer(name: str, version: str | None = None):
     if parsed.input.datatype == "BYTES":
         if not parsed.input.value:
             raise InvalidTensor(f"input {IMAGE_INPUT!r} holds no images")
-        classified = classify_images(model, parsed.input.value, settings.max_image_pixels)
+        classified = classify_images(model, parsed.input.value, settings.decode_limits)
     else:
         classified = classify_pixels(model, parsed.input.value)
     body, header_length = encode_infer_response(model, parsed.id, parsed.outputs, classified)

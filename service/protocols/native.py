@@ -14,7 +14,7 @@ from service import errors
 from service.errors import InvalidParameter
 from service.images import encode_model_input
 from service.inference import Classified, classify_images
-from service.protocols.common import served_model
+from service.protocols.common import served_model, whole_number
 from service.registry import LoadedModel
 from service.uploads import read_uploads
 
@@ -27,9 +27,10 @@ error_body = errors.error_body  # {"error": {"code": ..., "message": ...}}
 def parse_top_k(raw: str | None, model: LoadedModel, default: int) -> int:
     if raw is None:
         return min(default, len(model.classes))
-    if not raw.isdigit() or not 1 <= int(raw) <= len(model.classes):
+    top_k = whole_number(raw)
+    if top_k is None or not 1 <= top_k <= len(model.classes):
         raise InvalidParameter(f"top_k must be a whole number from 1 to {len(model.classes)}")
-    return int(raw)
+    return top_k
 
 
 INCLUDE_OPTIONS = ("input",)
@@ -76,5 +77,5 @@ def predict():
     top_k = parse_top_k(request.args.get("top_k"), model, settings.default_top_k)
     include = parse_include(request.args.get("include"))
     uploads = read_uploads(request, settings.max_images_per_request, settings.max_upload_bytes)
-    classified = classify_images(model, uploads, settings.max_image_pixels)
+    classified = classify_images(model, uploads, settings.decode_limits)
     return jsonify(prediction_body(model, classified, top_k, "input" in include))

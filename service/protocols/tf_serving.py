@@ -110,7 +110,7 @@ def run(model: LoadedModel, items: list) -> Classified:
     settings = current_app.extensions["settings"]
     decoded = decode_instances(items, settings.max_images_per_request)
     if isinstance(decoded, list):
-        return classify_images(model, decoded, settings.max_image_pixels)
+        return classify_images(model, decoded, settings.decode_limits)
     return classify_pixels(model, decoded)
 
 

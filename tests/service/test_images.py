@@ -8,11 +8,13 @@ from PIL import Image
 
 from service.errors import ImageTooLarge, InvalidImage, UnsupportedMediaType
 from service.images import InputSpec, decode_image, has_light_background, normalize_image, prepare_image
+from service.settings import Settings
 from tests.conftest import png_bytes
 
 GRAY = InputSpec((28, 28), "grayscale", invert_light_background=True)
 RGB = InputSpec((32, 32, 3), "rgb", invert_light_background=False)
-LIMIT = 40_000_000
+LIMIT = Settings().max_image_pixels
+LIMITS = Settings().decode_limits
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +23,7 @@ def garment(fashion):
 
 
 def test_a_dataset_png_passes_through_with_exactly_its_pixels(garment):
-    array = prepare_image(png_bytes(garment), GRAY, LIMIT)
+    array = prepare_image(png_bytes(garment), GRAY, LIMITS)
     assert array.dtype == np.float32 and array.shape == (28, 28)
     assert np.array_equal(array, garment.astype(np.float32) / np.float32(255))
 
@@ -30,7 +32,7 @@ def test_a_cifar_jpeg_file_decodes_to_the_same_pixels_as_the_training_loader(cif
     from training.datasets import SPECS, read_image_file
 
     path = next((cifar_folder / "test" / "ship").glob("*.jpg"))
-    array = prepare_image(path.read_bytes(), RGB, LIMIT)
+    array = prepare_image(path.read_bytes(), RGB, LIMITS)
     assert array.shape == (32, 32, 3)
     assert np.array_equal(array, read_image_file(path, SPECS["cifar10"]).astype(np.float32) / np.float32(255))
 
@@ -38,7 +40,7 @@ def test_a_cifar_jpeg_file_decodes_to_the_same_pixels_as_the_training_loader(cif
 @pytest.mark.parametrize("fmt", ["PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF"])
 def test_every_supported_format_decodes(garment, fmt):
     params = {"quality": 95} if fmt in ("JPEG", "WEBP") else {}
-    array = prepare_image(png_bytes(garment, fmt, **params), GRAY, LIMIT)
+    array = prepare_image(png_bytes(garment, fmt, **params), GRAY, LIMITS)
     assert array.shape == (28, 28) and 0.0 <= array.min() and array.max() <= 1.0
     assert np.abs(array - garment / 255).mean() < 0.03
 
@@ -47,18 +49,18 @@ def test_sixteen_bit_images_are_scaled_not_clipped(garment):
     wide = garment.astype(np.uint16) * 257  # the same picture at 16 bits
     buffer = io.BytesIO()
     Image.fromarray(wide).save(buffer, format="PNG")
-    assert np.allclose(prepare_image(buffer.getvalue(), GRAY, LIMIT), garment / 255, atol=1 / 255)
+    assert np.allclose(prepare_image(buffer.getvalue(), GRAY, LIMITS), garment / 255, atol=1 / 255)
 
 
 def test_palette_and_alpha_images_are_composited_over_white():
     rgba = np.zeros((32, 32, 4), np.uint8)
     rgba[8:24, 8:24] = (200, 0, 0, 255)  # an opaque red square on a transparent background
-    array = prepare_image(png_bytes(rgba), RGB, LIMIT)
+    array = prepare_image(png_bytes(rgba), RGB, LIMITS)
     assert np.allclose(array[0, 0], 1.0) and np.allclose(array[16, 16], [200 / 255, 0, 0])
     palette = Image.fromarray(rgba[..., :3]).convert("P", palette=Image.Palette.ADAPTIVE, colors=4)
     buffer = io.BytesIO()
     palette.save(buffer, format="GIF")
-    assert prepare_image(buffer.getvalue(), RGB, LIMIT).shape == (32, 32, 3)
+    assert prepare_image(buffer.getvalue(), RGB, LIMITS).shape == (32, 32, 3)
 
 
 def test_exif_orientation_is_honored():
@@ -77,7 +79,7 @@ def test_exif_orientation_is_honored():
 def test_aspect_ratio_is_kept_by_padding_not_stretching():
     wide = np.zeros((10, 40), np.uint8)
     wide[1:-1, 1:-1] = 255  # a white 4:1 bar with a black edge: the padding takes the edge's color
-    array = prepare_image(png_bytes(wide), InputSpec((28, 28), "grayscale", False), LIMIT)
+    array = prepare_image(png_bytes(wide), InputSpec((28, 28), "grayscale", False), LIMITS)
     bar_rows = np.flatnonzero(array.mean(axis=1) > 0.3)
     bar_columns = np.flatnonzero(array.mean(axis=0) > 0.1)
     assert array.shape == (28, 28) and 4 <= len(bar_rows) <= 8  # about 28 * 10/40 = 7 rows tall, not 28
@@ -88,7 +90,7 @@ def test_a_dark_garment_on_a_light_photo_is_inverted_like_the_dataset(garment):
     photo = Image.fromarray(255 - garment).resize((280, 280), Image.Resampling.BICUBIC)
     buffer = io.BytesIO()
     photo.save(buffer, format="JPEG", quality=90)
-    array = prepare_image(buffer.getvalue(), GRAY, LIMIT)
+    array = prepare_image(buffer.getvalue(), GRAY, LIMITS)
     assert np.abs(array - garment / 255).mean() < 0.05
     assert has_light_background(255 - garment) and not has_light_background(garment)
 

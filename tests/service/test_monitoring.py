@@ -15,13 +15,14 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.images import InputSpec, inspect_image
+from service.settings import Settings
 from service.metrics import state_families
 from service.monitoring import DriftWindow, Reference, population_stability_index, reference_profile
 from tests.conftest import SHIPPED_MODELS, GunicornServer, png_bytes
 from training.publish import current_version
 
 GRAY = InputSpec((28, 28), "grayscale", True)
-LIMIT = 40_000_000
+LIMITS = Settings().decode_limits
 
 
 # --- pure parts -----------------------------------------------------------------------------------------------
@@ -83,13 +84,13 @@ def test_counting_in_memory_then_writing_equals_observing_each_value():
 
 
 def test_upload_facts_say_what_each_upload_was(fashion):
-    _, facts = inspect_image(png_bytes(fashion.x_test[0]), GRAY, LIMIT)
+    _, facts = inspect_image(png_bytes(fashion.x_test[0]), GRAY, LIMITS)
     assert (facts.format, facts.width, facts.height, facts.color, facts.inverted) == ("PNG", 28, 28, False, False)
     photo = np.full((90, 120, 3), 235, dtype=np.uint8)
     photo[20:70, 40:80] = (40, 30, 120)
     buffer = io.BytesIO()
     Image.fromarray(photo).save(buffer, format="JPEG")
-    _, facts = inspect_image(buffer.getvalue(), GRAY, LIMIT)
+    _, facts = inspect_image(buffer.getvalue(), GRAY, LIMITS)
     assert (facts.format, facts.width, facts.height, facts.color, facts.inverted) == ("JPEG", 120, 90, True, True)
 
 

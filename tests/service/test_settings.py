@@ -35,7 +35,7 @@ def test_the_front_door_defaults_and_worker_class():
     assert settings.gunicorn_worker_class == "service.worker.ServiceWorker"
     assert (settings.header_timeout_seconds, settings.body_timeout_seconds, settings.keepalive_seconds) == (10, 30, 65)
     assert (settings.drain_seconds, settings.graceful_timeout_seconds, settings.worker_timeout_seconds) == (5, 20, 30)
-    assert Settings.from_env({"WORKER_CLASS": "sync"}).gunicorn_worker_class == "sync"
+    assert Settings.from_env({"WORKER_CLASS": "sync"}).gunicorn_worker_class == "service.worker.SyncServiceWorker"
 
 
 def test_the_front_door_settings_are_read_from_the_environment():

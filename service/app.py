@@ -35,7 +35,7 @@ def create_app(settings: Settings | None = None, watch: bool = True) -> Flask:
     app.extensions["draining"] = threading.Event()
 
     inference.monitor = ModelMonitor(settings.input_monitoring, settings.low_confidence_threshold,
-                                     settings.drift_window_images)
+                                     settings.drift_window_images, metrics.multiprocess_dir())
     registry = ModelRegistry(settings.models_dir, settings.runtime)
     app.extensions["model_registry"] = registry
     registry.refresh()
@@ -57,6 +57,8 @@ def create_app(settings: Settings | None = None, watch: bool = True) -> Flask:
     for protocol in PROTOCOLS:
         app.register_blueprint(protocol.blueprint)
     register_error_handlers(app, lambda path: protocol_of(path).error_body)
+    for phase in ("header", "body"):  # at zero from the start, so the first 408 is an increase (metrics.py)
+        metrics.series(metrics.CLIENT_TIMEOUTS, phase)
     _observe_requests(app)
     logging.getLogger("service").setLevel(logging.INFO)
     return app

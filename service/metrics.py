@@ -13,6 +13,7 @@ import os
 import calendar
 import time
 from collections.abc import Iterable
+from pathlib import Path
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -25,6 +26,8 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import REGISTRY, Collector
+
+from service.monitoring import DriftWindow
 
 PREFIX = "classifier"
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -45,7 +48,8 @@ MODEL_INFO = Gauge(f"{PREFIX}_model_info", "1 for the version each model serves"
 MODEL_RELOADS = Counter(f"{PREFIX}_model_reloads_total", "Model version loads by result (loaded or refused)",
                         ["model", "result"])
 
-# Monitoring: confidence, what the inputs look like, and drift from the training data (service/monitoring.py).
+# Monitoring: confidence, what the inputs look like (service/model_monitor.py); drift from the training data is read
+# at scrape time from the workers' shared windows (drift_families).
 TOP1_PROBABILITY = Histogram(f"{PREFIX}_top1_probability", "Probability of the top class, per image", ["model"],
                              buckets=(0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0))
 LOW_CONFIDENCE = Counter(f"{PREFIX}_low_confidence_predictions_total",
@@ -63,11 +67,6 @@ INPUT_SIZE = Histogram(f"{PREFIX}_input_original_size_pixels", "Longest side of 
 INPUT_RESIZE = Histogram(f"{PREFIX}_input_resize_factor",
                          "Longest side of each upload over the model's input side (1: untouched)", ["model"],
                          buckets=(0.5, 1, 2, 4, 8, 16, 32, 64, 128))
-DRIFT_PSI = Gauge(f"{PREFIX}_drift_psi", "Population stability index of the recent images against the training "
-                  "data, by signal (mean_intensity, contrast, predicted_class)", ["model", "signal"],
-                  multiprocess_mode="livemostrecent")
-DRIFT_WINDOW = Gauge(f"{PREFIX}_drift_window_images", "Images in the window the drift is measured over",
-                     ["model"], multiprocess_mode="livemostrecent")
 REFERENCE_TOP1 = Gauge(f"{PREFIX}_reference_top1_probability",
                        "Mean top-1 probability on training images, recorded at publish time", ["model"],
                        multiprocess_mode="livemax")
@@ -75,6 +74,20 @@ REFERENCE_TOP1 = Gauge(f"{PREFIX}_reference_top1_probability",
 CLIENT_TIMEOUTS = Counter(f"{PREFIX}_client_timeouts_total",
                           "Requests cut off with a 408 because the client was too slow, by phase (header, body)",
                           ["phase"])
+
+
+def start_model_series(model: str, classes: tuple[str, ...] = ()) -> None:
+    """Create a model's series at zero when it is first published or loaded. A counter's series otherwise appears
+    with its first event already counted, and Prometheus sees no increase in a series' first sample: the first
+    refused version of a model would never fire its alert (tests/test_monitoring_stack.py showed it)."""
+    for result in ("loaded", "refused"):
+        series(MODEL_RELOADS, model, result)
+    if classes:
+        for metric in (TOP1_PROBABILITY, LOW_CONFIDENCE, INPUT_MEAN, INPUT_CONTRAST, INPUT_INVERTED, INPUT_SIZE,
+                       INPUT_RESIZE, IMAGES_PER_REQUEST, DECODE_DURATION, INFERENCE_DURATION):
+            series(metric, model)
+        for label in classes:
+            series(PREDICTIONS, model, label)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -134,6 +147,33 @@ def state_families(ready: bool, histories: dict[str, list[dict]]) -> list[Metric
     return [ready_family, runs, *families.values()]
 
 
+def drift_families(windows: list[tuple[str, DriftWindow]]) -> list[Metric]:
+    """Drift read at scrape time from the window every worker adds to: its PSI per signal against the training
+    reference, how many images the window holds, and how many the reference was measured on."""
+    psi = GaugeMetricFamily(f"{PREFIX}_drift_psi", "Population stability index of the service's recent images "
+                            "against the training data, by signal (mean_intensity, contrast, predicted_class)",
+                            labels=["model", "signal"])
+    window_images = GaugeMetricFamily(f"{PREFIX}_drift_window_images",
+                                      "Images in the window the drift is measured over, all workers together",
+                                      labels=["model"])
+    reference_images = GaugeMetricFamily(f"{PREFIX}_drift_reference_images",
+                                         "Training images the drift reference was measured on", labels=["model"])
+    for name, window in windows:
+        counts, filled = window.read()
+        window_images.add_metric([name], filled)
+        reference_images.add_metric([name], window.reference.samples)
+        if filled:
+            for signal, value in window.psi(counts).items():
+                psi.add_metric([name, signal], value)
+    return [psi, window_images, reference_images]
+
+
+def multiprocess_dir() -> Path | None:
+    """prometheus-client's folder of shared metric files, set up by gunicorn.conf.py; None in a single process."""
+    folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    return Path(folder) if folder else None
+
+
 def feedback_families(stats: list[dict]) -> list[Metric]:
     """Production accuracy from the feedback store, read at scrape time (the store is shared by all workers)."""
     items = GaugeMetricFamily(f"{PREFIX}_feedback_items", "Stored feedback, by model and true label",
@@ -163,7 +203,7 @@ def render_metrics(extra: Iterable[Metric] = ()) -> tuple[bytes, str]:
     """The exposition text: every worker's values when running under gunicorn, this process's otherwise, plus
     ``extra`` families read at scrape time."""
     registry = REGISTRY
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    if multiprocess_dir() is not None:
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
     state = CollectorRegistry()

@@ -1,7 +1,8 @@
 """Records what each classified batch looked like and how sure the model was: the monitoring metrics.
 
 One ``ModelMonitor`` per worker, configured from the settings at app start. Its drift windows are per model
-version, so a newly loaded version starts a fresh window against its own reference.
+version, so a newly loaded version starts a fresh window against its own reference, and shared by the workers
+(``service.monitoring.DriftWindow`` in the metrics folder): ``/metrics`` reads them at scrape time.
 
 Why a request only queues its batch: in multiprocess mode every metric update is a locked write to a
 memory-mapped file, about 1.5 µs, an image touches a dozen values, and per-image Python on top of that cost a
@@ -16,6 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import Counter
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
@@ -26,7 +28,7 @@ from service.monitoring import DriftWindow, Reference, image_statistics
 from service.registry import LoadedModel
 
 log = logging.getLogger(__name__)
-FLUSH_EVERY_IMAGES = 32  # and the PSI gauges are recomputed as often
+FLUSH_EVERY_IMAGES = 32  # and the shared drift window is added to as often
 
 
 def write_histogram(child, values: np.ndarray) -> None:
@@ -52,10 +54,14 @@ class Observation(NamedTuple):
 
 
 class ModelMonitor:
-    def __init__(self, enabled: bool = True, low_confidence_threshold: float = 0.5, window_images: int = 1000):
+    def __init__(self, enabled: bool = True, low_confidence_threshold: float = 0.5, window_images: int = 1000,
+                 shared_dir: Path | None = None):
+        """``shared_dir``: where the drift windows the workers share live (the metrics folder); None keeps them
+        in this process."""
         self.enabled = enabled
         self.low_confidence_threshold = low_confidence_threshold
         self.window_images = window_images
+        self.shared_dir = shared_dir
         self._windows: dict[tuple[str, int], DriftWindow | None] = {}
         self._queued: list[Observation] = []
         self._queued_images = 0
@@ -85,11 +91,6 @@ class ModelMonitor:
             by_version.setdefault((observation.model.name, observation.model.version), []).append(observation)
         for observations in by_version.values():
             self._record(observations)
-        for (name, _), window in self._windows.items():
-            if window is not None and window.filled:
-                for signal, value in window.psi().items():
-                    metrics.series(metrics.DRIFT_PSI, name, signal).set(value)
-                metrics.series(metrics.DRIFT_WINDOW, name).set(window.filled)
 
     def _record(self, observations: list[Observation]) -> None:
         """The queued batches of one model version, recorded at once."""
@@ -119,15 +120,27 @@ class ModelMonitor:
             write_histogram(metrics.series(metrics.INPUT_RESIZE, name), longest / max(model.input_spec.shape[:2]))
         window = self._window(model)
         if window is not None:
-            window.add(means.tolist(), contrasts.tolist(), predicted)
+            window.add(means, contrasts, predicted)
 
     def _window(self, model: LoadedModel) -> DriftWindow | None:
         key = (model.name, model.version)
         if key not in self._windows:
+            for old in [k for k in self._windows if k[0] == model.name]:  # the old version's
+                window = self._windows.pop(old)
+                if window is not None:
+                    window.close()
             reference = Reference.from_metadata(model.metadata)
-            self._windows = {k: w for k, w in self._windows.items() if k[0] != model.name}  # the old version's
-            self._windows[key] = DriftWindow(reference, self.window_images) if reference else None
+            path = None if self.shared_dir is None else self.shared_dir / f"drift-{model.name}-{model.version}.window"
+            self._windows[key] = DriftWindow(reference, self.window_images, path) if reference else None
         return self._windows[key]
+
+    def drift_windows(self, models: list[LoadedModel]) -> list[tuple[LoadedModel, DriftWindow]]:
+        """The shared window of each model that has a reference (empty until its first images)."""
+        if not self.enabled:
+            return []
+        with self._lock:
+            pairs = [(model, self._window(model)) for model in models]
+        return [(model, window) for model, window in pairs if window is not None]
 
     def start(self, interval_seconds: float) -> threading.Thread:
         """Flush at least every ``interval_seconds``, in a daemon thread, so quiet periods are reported too."""

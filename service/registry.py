@@ -176,6 +176,7 @@ class ModelRegistry:
         changes = []
         with self._refresh_lock:
             for name in self.published_names():
+                metrics.start_model_series(name)
                 version = read_pointer(self.models_dir, name)
                 active = self._models.get(name)
                 if version is None or (active and active.version == version) or self._refused.get(name) == version:
@@ -190,6 +191,7 @@ class ModelRegistry:
                               f"v{active.version}" if active else "nothing", exc)
                     changes.append(f"{name} v{version} refused")
                     continue
+                metrics.start_model_series(name, tuple(loaded.classes))
                 self._models = {**self._models, name: loaded}  # one assignment: readers see old or new
                 self._refused.pop(name, None)
                 self.errors.pop(name, None)

@@ -137,8 +137,11 @@ def readyz():
 def prometheus_metrics():
     registry = _registry()
     inference.monitor.flush()  # this worker's figures are current; the others' at most a flush interval old
-    histories = {name: read_history(registry.models_dir, name) for name in registry.snapshot()}
+    served = registry.snapshot()
+    histories = {name: read_history(registry.models_dir, name) for name in served}
     families = metrics.state_families(ready_to_serve(), histories)
+    families += metrics.drift_families([(model.name, window) for model, window
+                                        in inference.monitor.drift_windows(list(served.values()))])
     store = current_app.extensions.get("feedback_store")
     if store is not None:
         try:

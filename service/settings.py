@@ -47,7 +47,7 @@ class Settings:
     # Monitoring (service/monitoring.py, docs/operations.md#monitoring).
     input_monitoring: bool = True  # input statistics, confidence and drift metrics for every image
     low_confidence_threshold: float = 0.5  # a top-1 probability below this counts as a low-confidence prediction
-    drift_window_images: int = 1000  # drift is measured over each worker's last this-many images per model
+    drift_window_images: int = 1000  # drift is measured over the service's last this-many images of a model
     # Feedback (service/feedback.py, docs/feedback.md): off until a token is set.
     feedback_token: str = field(default="", repr=False)  # the bearer token of /feedback and every write endpoint
     feedback_dir: str = ""  # images and the SQLite database; empty: <MODELS_DIR>/.feedback

@@ -59,6 +59,37 @@ def test_the_drift_window_keeps_counts_of_the_last_images_only():
     assert window.psi()["predicted_class"] > 1
 
 
+def _add_from_another_process(path, reference, size, seed):
+    window = DriftWindow(reference, size, path)
+    rng = np.random.default_rng(seed)
+    for _ in range(25):
+        window.add(rng.random(8), rng.random(8), rng.integers(0, 2, 8))
+
+
+def test_windows_on_one_file_are_one_window_whatever_process_adds_to_it(tmp_path):
+    """Like the workers: four processes add 200 images each to a window of 500 on the same file at once."""
+    import multiprocessing
+
+    reference = Reference({"mean_intensity": np.array([0.5]), "contrast": np.array([0.5])},
+                          {"mean_intensity": np.array([0.5, 0.5]), "contrast": np.array([0.5, 0.5]),
+                           "predicted_class": np.array([0.5, 0.5])}, 0.9, samples=5000)
+    path = tmp_path / "drift-m-1.window"
+    context = multiprocessing.get_context("fork")
+    workers = [context.Process(target=_add_from_another_process, args=(path, reference, 500, seed))
+               for seed in range(4)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(60)
+        assert worker.exitcode == 0
+    counts, filled = DriftWindow(reference, 500, path).read()
+    assert filled == 500
+    assert all(sum(values) == 500 for values in counts.values()), counts  # every image in each signal, once
+    window = DriftWindow(reference, 500, path)
+    window.add(np.full(500, 0.9), np.full(500, 0.9), np.ones(500, dtype=int))  # a whole window of new images
+    assert window.read() == ({"mean_intensity": [0, 500], "contrast": [0, 500], "predicted_class": [0, 500]}, 500)
+
+
 def test_counting_in_memory_then_writing_equals_observing_each_value():
     """write_histogram writes through prometheus-client's internals; this catches a version that moves them."""
     from prometheus_client import CollectorRegistry, Histogram, generate_latest
@@ -252,3 +283,39 @@ def test_monitoring_can_be_switched_off(models_copy, fashion):
                       label="Ankle boot") == 1
     finally:
         server.stop()
+
+
+def drift_after(server, images: list[bytes], keep_alive: bool) -> tuple[float, dict[str, float]]:
+    """Send the images one per request, all on one kept-alive connection (one worker takes them all) or each on a
+    new connection (the workers share them), then read the window and PSI from /metrics."""
+    if keep_alive:
+        with requests.Session() as session:
+            for image in images:
+                assert session.post(server.url + "/predict", files={"image": ("x.png", image)},
+                                    timeout=30).status_code == 200
+    else:
+        for image in images:
+            post_fresh(server, image)
+    time.sleep(1.5)  # every worker has added what it classified (MODEL_RELOAD_SECONDS is 0.5 here)
+    metrics = scrape(server)
+    window = sample(metrics["classifier_drift_window_images"], "classifier_drift_window_images",
+                    model="fashion_mnist")
+    return window, {s.labels["signal"]: s.value for s in metrics["classifier_drift_psi"]
+                    if s.labels["model"] == "fashion_mnist"}
+
+
+def test_the_drift_window_is_the_services_not_a_workers_however_connections_fall(models_copy, fashion):
+    """The same 600 images, once all on one worker, once spread over both: the same window and the same PSI."""
+    images = [png_bytes(p) for p in fashion.x_test[:600]]
+    results = []
+    for keep_alive in (True, False):
+        server = GunicornServer(models_copy, workers=2).start()
+        try:
+            results.append(drift_after(server, images, keep_alive))
+        finally:
+            server.stop()
+    (window_one, psi_one), (window_spread, psi_spread) = results
+    print("one worker:", window_one, psi_one, "both:", window_spread, psi_spread)
+    assert window_one == window_spread == 600
+    assert psi_one == pytest.approx(psi_spread, abs=1e-9)  # the same images, counted once each, in one window
+    assert max(psi_one.values()) < 0.1

@@ -24,8 +24,9 @@ FROM ${PYTHON_IMAGE} AS train
 RUN useradd --create-home --uid 10001 app && mkdir -p /app/models /cache && chown app:app /app/models /cache
 COPY --from=train-venv /opt/venv /opt/venv
 WORKDIR /app
+COPY contract ./contract
 COPY training ./training
-# Training computes the monitoring reference with the service's own statistics (service/monitoring.py).
+# Training reads the service's settings (the low-confidence threshold of its reference; see docs/architecture.md).
 COPY service ./service
 ENV PATH=/opt/venv/bin:$PATH PYTHONPATH=/app PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 \
     MODELS_DIR=/app/models KERAS_HOME=/cache/keras MPLCONFIGDIR=/tmp/matplotlib
@@ -40,6 +41,7 @@ FROM ${PYTHON_IMAGE} AS serve
 RUN useradd --create-home --uid 10001 app
 COPY --from=serve-venv /opt/venv /opt/venv
 WORKDIR /app
+COPY contract ./contract
 COPY service ./service
 COPY docs ./docs
 COPY --chown=app:app models ./models

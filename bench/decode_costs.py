@@ -78,7 +78,8 @@ def peak_rss():  # VmHWM starts afresh at exec; ru_maxrss would carry over the p
     return int(open("/proc/self/status").read().split("VmHWM:")[1].split()[0]) * 1024
 
 
-from service.images import DecodeLimits, InputSpec, decode_planned, plan_decode
+from contract.metadata import InputSpec
+from service.images import DecodeLimits, decode_planned, plan_decode
 data = open(sys.argv[1], "rb").read()
 spec = InputSpec((28, 28), "grayscale", True) if sys.argv[2] == "gray" else InputSpec((32, 32, 3), "rgb", False)
 unlimited = DecodeLimits(1 << 40, 1 << 40, 1 << 40)

@@ -332,10 +332,12 @@ def cpu_model() -> str:
 def served_model_file(models_dir: Path, name: str) -> Path:
     from service.settings import Settings
 
-    version = (models_dir / name / "current").read_text().strip()
-    metadata = json.loads((models_dir / name / version / "metadata.json").read_text())
+    from contract.layout import current_version, version_dir
+    from contract.metadata import read_metadata
+
+    folder = version_dir(models_dir, name, current_version(models_dir, name))
     kind = "onnx_int8" if Settings.from_env().runtime in ("auto", "onnx_int8") else "onnx"
-    return models_dir / name / version / metadata["runtimes"][kind]["file"]
+    return folder / read_metadata(folder).runtimes[kind].file
 
 
 def request_path_part(args, images, workdir: Path) -> tuple[dict, dict]:

@@ -29,6 +29,7 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from contract.metadata import InputSpec
 from service import fast_decode
 from service.errors import ImageTooLarge, InvalidImage, RequestTooLarge, UnsupportedMediaType
 
@@ -63,31 +64,6 @@ class DecodeLimits:
     max_image_pixels: int  # width x height one image may declare (MAX_IMAGE_PIXELS)
     max_decode_bytes: int  # peak memory of decoding one image (MAX_DECODE_BYTES)
     max_request_pixels: int  # pixels decoded for all images of a request (MAX_REQUEST_PIXELS)
-
-
-@dataclass(frozen=True)
-class InputSpec:
-    """What a model takes, from its metadata: size, color mode, and whether to invert light backgrounds."""
-
-    shape: tuple[int, ...]
-    color_mode: str  # "grayscale" or "rgb"
-    invert_light_background: bool
-
-    @property
-    def size(self) -> tuple[int, int]:
-        return (self.shape[1], self.shape[0])
-
-    @property
-    def pillow_mode(self) -> str:
-        return "L" if self.color_mode == "grayscale" else "RGB"
-
-    @classmethod
-    def from_metadata(cls, metadata: dict) -> InputSpec:
-        return cls(
-            shape=tuple(metadata["input"]["shape"]),
-            color_mode=metadata["input"]["color_mode"],
-            invert_light_background=bool(metadata["preprocessing"].get("invert_light_background", False)),
-        )
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,8 @@ import numpy as np
 
 from service import metrics
 from service.images import UploadFacts
-from service.monitoring import DriftWindow, Reference, image_statistics
+from contract.reference import Reference, image_statistics
+from service.monitoring import DriftWindow
 from service.registry import LoadedModel
 
 log = logging.getLogger(__name__)
@@ -129,7 +130,7 @@ class ModelMonitor:
                 window = self._windows.pop(old)
                 if window is not None:
                     window.close()
-            reference = Reference.from_metadata(model.metadata)
+            reference = Reference.from_profile(model.metadata.reference)
             path = None if self.shared_dir is None else self.shared_dir / f"drift-{model.name}-{model.version}.window"
             self._windows[key] = DriftWindow(reference, self.window_images, path) if reference else None
         return self._windows[key]

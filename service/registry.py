@@ -9,9 +9,6 @@ fails any check is refused, logged and counted, and the old version stays.
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import json
 import logging
 import threading
 import time
@@ -20,13 +17,13 @@ from pathlib import Path
 
 import numpy as np
 
+from contract.layout import current_version, published_models, sha256_file, version_dir
+from contract.metadata import InputSpec, MetadataError, VersionMetadata, read_metadata
 from service import metrics
 from service.errors import NotReady, UnknownModel, UnknownVersion
-from service.images import InputSpec
 from service.runtimes import Runtime, load_runtime, resolve_kind
 
 log = logging.getLogger(__name__)
-SUPPORTED_SCHEMA_VERSIONS = {1}
 
 
 class VersionRefused(Exception):
@@ -38,94 +35,64 @@ class LoadedModel:
     name: str
     version: int
     path: Path
-    metadata: dict
+    metadata: VersionMetadata
     runtime: Runtime
-    input_spec: InputSpec
     loaded_at: float = field(default_factory=time.time)
 
     @property
-    def classes(self) -> list[str]:
-        return self.metadata["classes"]
+    def classes(self) -> tuple[str, ...]:
+        return self.metadata.classes
 
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return "sha256:" + digest.hexdigest()
+    @property
+    def input_spec(self) -> InputSpec:
+        return self.metadata.input
 
 
 def load_version(models_dir: Path, name: str, version: int, runtime_kind: str) -> LoadedModel:
     """Load and verify one version folder, or raise ``VersionRefused`` saying why."""
-    path = Path(models_dir) / name / str(version)
+    path = version_dir(models_dir, name, version)
     try:
-        metadata = json.loads((path / "metadata.json").read_text())
+        metadata = read_metadata(path)
     except FileNotFoundError:
         raise VersionRefused(f"{path} has no metadata.json (incomplete version)") from None
-    except (OSError, json.JSONDecodeError) as exc:
-        raise VersionRefused(f"{path}/metadata.json is unreadable: {exc}") from exc
+    except (OSError, MetadataError) as exc:
+        raise VersionRefused(f"{path}: {exc}") from exc
     try:
-        if metadata.get("schema_version") not in SUPPORTED_SCHEMA_VERSIONS:
-            raise VersionRefused(f"{path}: unsupported metadata schema {metadata.get('schema_version')!r}")
-        if metadata.get("name") != name or metadata.get("version") != version:
-            raise VersionRefused(f"{path}: metadata says {metadata.get('name')} v{metadata.get('version')}")
+        if metadata.name != name or metadata.version != version:
+            raise VersionRefused(f"{path}: metadata says {metadata.name} v{metadata.version}")
         kind = resolve_kind(runtime_kind, metadata)
-        if kind not in metadata.get("runtimes", {}):
+        if kind not in metadata.runtimes:
             raise VersionRefused(f"{path}: no {kind!r} model in this version (MODEL_RUNTIME={runtime_kind})")
-        for file_name, expected in metadata.get("files", {}).items():
+        for file_name, expected in metadata.files.items():
             if not (path / file_name).is_file():
                 raise VersionRefused(f"{path}: {file_name} is missing")
-            if file_name in (metadata["runtimes"][kind]["file"], metadata["verification"]["file"]):
-                if _sha256(path / file_name) != expected:
+            if file_name in (metadata.runtimes[kind].file, metadata.verification_file):
+                if sha256_file(path / file_name) != expected:
                     raise VersionRefused(f"{path}: {file_name} does not match its recorded hash")
-        spec = InputSpec.from_metadata(metadata)
-        runtime = load_runtime(kind, path, metadata)
-        _verify(runtime, path / metadata["verification"]["file"], metadata, spec)
+        runtime = load_runtime(metadata.runtimes[kind], path)
+        _verify(runtime, path / metadata.verification_file, metadata)
     except VersionRefused:
         raise
     except Exception as exc:  # any failure to load is a refusal, never a crash of the worker
         raise VersionRefused(f"{path}: {type(exc).__name__}: {exc}") from exc
-    return LoadedModel(name, version, path, metadata, runtime, spec)
+    return LoadedModel(name, version, path, metadata, runtime)
 
 
-def _verify(runtime: Runtime, samples_path: Path, metadata: dict, spec: InputSpec) -> None:
+def _verify(runtime: Runtime, samples_path: Path, metadata: VersionMetadata) -> None:
     """The runtime must reproduce the probabilities recorded at publish time."""
     # The float runtimes reproduce Keras' outputs; the int8 model its own, recorded beside them.
-    check = {**metadata["verification"], **metadata["runtimes"][runtime.kind].get("verification", {})}
-    outputs = check.get("outputs", "probabilities")
+    check = metadata.runtimes[runtime.kind]
     with np.load(samples_path, allow_pickle=False) as samples:
-        if outputs not in samples:
-            raise VersionRefused(f"the verification samples have no {outputs!r}")
-        pixels, expected = samples["pixels"], samples[outputs]
-    if pixels.shape[1:] != spec.shape or expected.shape[1] != len(metadata["classes"]):
-        raise VersionRefused(f"verification samples do not match the input {spec.shape} or the classes")
+        if check.verification_outputs not in samples:
+            raise VersionRefused(f"the verification samples have no {check.verification_outputs!r}")
+        pixels, expected = samples["pixels"], samples[check.verification_outputs]
+    if pixels.shape[1:] != metadata.input.shape or expected.shape[1] != len(metadata.classes):
+        raise VersionRefused(f"verification samples do not match the input {metadata.input.shape} or the classes")
     actual = runtime.predict(pixels.astype(np.float32) / np.float32(255.0))
-    atol = float(check.get("atol", 1e-4))
     difference = float(np.max(np.abs(actual - expected)))
-    if not difference <= atol:
-        raise VersionRefused(f"the model's outputs differ from the recorded ones by {difference:.2e} (> {atol})")
-
-
-def read_pointer(models_dir: Path, name: str) -> int | None:
-    try:
-        text = (Path(models_dir) / name / "current").read_text().strip()
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-    return int(text) if text.isdigit() else None
-
-
-def read_history(models_dir: Path, name: str) -> list[dict]:
-    """A model's ``history.jsonl`` (written by ``training.publish``): every promotion, refusal and rollback, oldest
-    first. A torn last line, left by a crash mid-write, is skipped."""
-    path = Path(models_dir) / name / "history.jsonl"
-    if not path.is_file():
-        return []
-    records = []
-    for line in path.read_text().splitlines():
-        with contextlib.suppress(json.JSONDecodeError):
-            records.append(json.loads(line))
-    return records
+    if not difference <= check.verification_atol:
+        raise VersionRefused(f"the model's outputs differ from the recorded ones by {difference:.2e} "
+                             f"(> {check.verification_atol})")
 
 
 class ModelRegistry:
@@ -166,10 +133,7 @@ class ModelRegistry:
         return dict(self._models)
 
     def published_names(self) -> list[str]:
-        if not self.models_dir.is_dir():
-            return []
-        return sorted(p.name for p in self.models_dir.iterdir()
-                      if p.is_dir() and not p.name.startswith(".") and (p / "current").is_file())
+        return published_models(self.models_dir)
 
     def refresh(self) -> list[str]:
         """Load every model whose ``current`` pointer moved; returns what changed, for logs and tests."""
@@ -177,7 +141,7 @@ class ModelRegistry:
         with self._refresh_lock:
             for name in self.published_names():
                 metrics.start_model_series(name)
-                version = read_pointer(self.models_dir, name)
+                version = current_version(self.models_dir, name)
                 active = self._models.get(name)
                 if version is None or (active and active.version == version) or self._refused.get(name) == version:
                     continue
@@ -191,7 +155,7 @@ class ModelRegistry:
                               f"v{active.version}" if active else "nothing", exc)
                     changes.append(f"{name} v{version} refused")
                     continue
-                metrics.start_model_series(name, tuple(loaded.classes))
+                metrics.start_model_series(name, loaded.classes)
                 self._models = {**self._models, name: loaded}  # one assignment: readers see old or new
                 self._refused.pop(name, None)
                 self.errors.pop(name, None)
@@ -199,7 +163,7 @@ class ModelRegistry:
                 if active:
                     metrics.MODEL_INFO.labels(name, str(active.version)).set(0)
                 metrics.MODEL_INFO.labels(name, str(version)).set(1)
-                reference = loaded.metadata.get("monitoring_reference")
+                reference = loaded.metadata.reference
                 if reference:
                     metrics.REFERENCE_TOP1.labels(name).set(reference["top1_probability_mean"])
                 log.info("serving %s v%s (was %s)", name, version, f"v{active.version}" if active else "none")

@@ -11,7 +11,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from service import inference, metrics
 from service.errors import NotFound, NotReady
 from service.protocols.common import ready_to_serve
-from service.registry import LoadedModel, ModelRegistry, read_history
+from contract.layout import TIME_FORMAT, list_versions, read_history
+from service.registry import LoadedModel, ModelRegistry
 from service.settings import Settings
 
 api = Blueprint("api", __name__)
@@ -26,47 +27,43 @@ def _settings() -> Settings:
     return current_app.extensions["settings"]
 
 
-def _served_calibration(metadata: dict) -> dict | None:
-    served = metadata.get("calibration", {}).get("served")
+def _served_calibration(document: dict) -> dict | None:
+    served = document.get("calibration", {}).get("served")
     return {k: served[k] for k in ("runtime", "ece", "nll")} if served else None
 
 
 def describe_model(model: LoadedModel, detail: bool) -> dict:
-    metadata = model.metadata
-    test = metadata["metrics"]["test"]
+    document = model.metadata.document
+    test = document["metrics"]["test"]
     # The float runtimes give the Keras model's results; the int8 one has its own, measured at publish time.
-    served = metadata["runtimes"].get(model.runtime.kind, {}).get("test_accuracy", test["accuracy"])
+    served = model.metadata.runtimes[model.runtime.kind].test_accuracy
+    served = model.metadata.test_accuracy if served is None else served
     body = {
         "name": model.name,
         "version": model.version,
         "runtime": model.runtime.kind,
         "classes": model.classes,
-        "input": metadata["input"],
-        "preprocessing": metadata["preprocessing"],
+        "input": document["input"],
+        "preprocessing": document["preprocessing"],
         "metrics": {"test_accuracy": test["accuracy"], "served_test_accuracy": served,
                     "test_samples": test["samples"], "macro_f1": test.get("macro_f1"),
                     # As served: ECE and NLL of the runtime's own probabilities on the test split.
-                    "calibration": _served_calibration(metadata),
-                    "production": metadata["metrics"].get("production")},
-        "created_at": metadata.get("created_at"),
-        "loaded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(model.loaded_at)),
+                    "calibration": _served_calibration(document),
+                    "production": document["metrics"].get("production")},
+        "created_at": document.get("created_at"),
+        "loaded_at": time.strftime(TIME_FORMAT, time.gmtime(model.loaded_at)),
     }
     if detail:
         body["metrics"] = {"test": test, "served_test_accuracy": served,
-                           "validation": metadata["metrics"].get("validation"),
-                           "calibration": _served_calibration(metadata),
-                           "production": metadata["metrics"].get("production")}
-        body["calibration"] = metadata.get("calibration")
-        body["training"] = {k: v for k, v in metadata["training"].items() if k != "history"}
-        body["data"] = metadata["data"]
-        body["runtimes"] = metadata["runtimes"]
-        body["libraries"] = metadata.get("libraries")
+                           "validation": document["metrics"].get("validation"),
+                           "calibration": _served_calibration(document),
+                           "production": document["metrics"].get("production")}
+        body["calibration"] = document.get("calibration")
+        body["training"] = {k: v for k, v in document["training"].items() if k != "history"}
+        body["data"] = document["data"]
+        body["runtimes"] = document["runtimes"]
+        body["libraries"] = document.get("libraries")
     return body
-
-
-def _available_versions(registry: ModelRegistry, name: str) -> list[int]:
-    folder = registry.models_dir / name
-    return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit() and (p / "metadata.json").is_file())
 
 
 @api.get("/models")
@@ -84,7 +81,7 @@ def show_model(name: str):
     model = registry.get(name)
     g.model_label = model.name
     body = describe_model(model, detail=True)
-    body["available_versions"] = _available_versions(registry, name)
+    body["available_versions"] = list_versions(registry.models_dir, name)
     if name in registry.errors:
         body["last_refused"] = registry.errors[name]
     return jsonify(body)
@@ -100,8 +97,8 @@ def model_file(name: str, filename: str):
     model = _registry().get(name)
     g.model_label = model.name
     suffix = filename[filename.rfind("."):] if "." in filename else ""
-    if filename not in model.metadata.get("files", {}) or suffix not in CARD_FILE_TYPES:
-        card_files = [f for f in model.metadata.get("files", {}) if f[f.rfind("."):] in CARD_FILE_TYPES]
+    if filename not in model.metadata.files or suffix not in CARD_FILE_TYPES:
+        card_files = [f for f in model.metadata.files if f[f.rfind("."):] in CARD_FILE_TYPES]
         raise NotFound(f"{name} v{model.version} has no card file {filename!r}; it has {', '.join(card_files)}")
     return send_file((model.path / filename).resolve(), mimetype=CARD_FILE_TYPES[suffix], max_age=3600)
 

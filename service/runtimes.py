@@ -1,4 +1,4 @@
-"""Model runtimes: ``load_runtime(kind, version_dir, metadata)`` and ``Runtime.predict(batch)``.
+"""Model runtimes: ``load_runtime(runtime_file, version_dir)`` and ``Runtime.predict(batch)``.
 
 ONNX Runtime serves by default: it needs no TensorFlow, starts in milliseconds and runs a small MLP in
 microseconds. The Keras runtime is the reference the ONNX export was checked against at publish time.
@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+
+from contract.metadata import RuntimeFile, VersionMetadata
 
 
 class Runtime(Protocol):
@@ -43,7 +45,7 @@ class OnnxRuntime:
 class KerasRuntime:
     kind = "keras"
 
-    def __init__(self, model_path: Path, kind: str = "keras"):
+    def __init__(self, model_path: Path):
         import keras  # imported here: TensorFlow is only needed when this runtime is chosen
 
         self.model = keras.models.load_model(model_path, compile=False)
@@ -52,20 +54,14 @@ class KerasRuntime:
         return np.asarray(self.model(batch, training=False))
 
 
-RUNTIMES = {"onnx_int8": OnnxRuntime, "onnx": OnnxRuntime, "keras": KerasRuntime}
-
-
-def resolve_kind(requested: str, metadata: dict) -> str:
+def resolve_kind(requested: str, metadata: VersionMetadata) -> str:
     """The runtime a version is served with: "auto" takes the first of int8 and float32 ONNX it publishes."""
     if requested != "auto":
         return requested
-    return next((kind for kind in ("onnx_int8", "onnx") if kind in metadata.get("runtimes", {})), "onnx")
+    return next((kind for kind in ("onnx_int8", "onnx") if kind in metadata.runtimes), "onnx")
 
 
-def load_runtime(kind: str, version_dir: Path, metadata: dict) -> Runtime:
-    """Load the model file that ``metadata['runtimes'][kind]`` names."""
-    try:
-        file_name = metadata["runtimes"][kind]["file"]
-    except KeyError:
-        raise ValueError(f"the metadata names no {kind!r} model file") from None
-    return RUNTIMES[kind](version_dir / file_name, kind)
+def load_runtime(runtime_file: RuntimeFile, version_dir: Path) -> Runtime:
+    """Load the model file a version's metadata names for this runtime."""
+    path = version_dir / runtime_file.file
+    return KerasRuntime(path) if runtime_file.kind == "keras" else OnnxRuntime(path, runtime_file.kind)

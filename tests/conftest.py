@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 import os
 import shutil
 import signal
@@ -18,6 +17,9 @@ import numpy as np
 import pytest
 import requests
 from PIL import Image
+
+from contract import layout
+from contract.metadata import read_metadata, write_metadata
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED_MODELS = ROOT / "models"
@@ -69,21 +71,34 @@ def png_bytes(pixels: np.ndarray, fmt: str = "PNG", **params) -> bytes:
     return buffer.getvalue()
 
 
-def publish_copy(models_dir, name, source_version, new_version, damage=None, promote=True):
+def publish_copy(models_dir, name, source_version, new_version, damage=None, promote=True) -> Path:
     """Publish a copy of a version the way training does: staged, renamed into place, pointer last."""
-    staging = models_dir / name / f".staging-{new_version}"
-    shutil.copytree(models_dir / name / str(source_version), staging)
-    metadata = json.loads((staging / "metadata.json").read_text())
-    metadata["version"] = new_version
-    (staging / "metadata.json").write_text(json.dumps(metadata))
+    staging = layout.stage_version(models_dir, name)
+    shutil.copytree(layout.version_dir(models_dir, name, source_version), staging, dirs_exist_ok=True)
+    document = read_metadata(staging).document
+    write_metadata(staging, {**document, "version": new_version}, replace=True)
     if damage == "tampered":
-        for model_file in ("model.onnx", "model.int8.onnx"):
-            (staging / model_file).write_bytes((staging / model_file).read_bytes()[:-64])
-    staging.rename(models_dir / name / str(new_version))
+        for runtime in document["runtimes"].values():
+            if runtime["file"].endswith(".onnx"):
+                (staging / runtime["file"]).write_bytes((staging / runtime["file"]).read_bytes()[:-64])
+    folder = layout.install_version(staging, models_dir, name, new_version)
     if promote:
-        pointer = models_dir / name / ".current.tmp"
-        pointer.write_text(f"{new_version}\n")
-        pointer.replace(models_dir / name / "current")
+        layout.point_current(models_dir, name, new_version)
+    return folder
+
+
+def copy_current_version(models_dir: Path, name: str, source: Path = SHIPPED_MODELS) -> int:
+    """A models folder holding only the current version of one shipped model; its version number."""
+    version = layout.current_version(source, name)
+    shutil.copytree(layout.version_dir(source, name, version), layout.version_dir(models_dir, name, version))
+    layout.point_current(models_dir, name, version)
+    return version
+
+
+def shipped_metadata(name: str) -> dict:
+    """The metadata.json of a shipped model's current version."""
+    return read_metadata(layout.version_dir(SHIPPED_MODELS, name, layout.current_version(SHIPPED_MODELS, name))
+                         ).document
 
 
 def free_port() -> int:

@@ -16,6 +16,7 @@ import pytest
 import requests
 import yaml
 
+from contract.layout import current_version
 from service.settings import ENVIRONMENT
 from tests.conftest import ROOT, SHIPPED_MODELS, free_port, png_bytes, publish_copy, wait_until_ready
 
@@ -213,7 +214,7 @@ def test_played_replicas_share_the_models_volume_and_all_switch_to_a_promoted_ve
             answer = requests.post(url + "/predict", files={"image": ("boot.png", image)}, timeout=10).json()
             assert answer["predictions"][0]["top"][0]["label"] == "Ankle boot"
         # The seed copied the image's models into the empty volume, once.
-        shipped = int((SHIPPED_MODELS / "fashion_mnist" / "current").read_text())
+        shipped = current_version(SHIPPED_MODELS, "fashion_mnist")
         assert {served_version(url) for url in urls} == {shipped}
         container = f"{prefix}-api-0-pod-0-api"
         assert podman("exec", container, "id", "-u").stdout.strip() == "10001"

@@ -84,7 +84,7 @@ def family_of(name: str) -> str:
 @pytest.fixture(scope="module")
 def exposed_names(tmp_path_factory, fashion):
     """Every family a service exposes once it has served images and has a retrain in its history."""
-    from training.publish import append_history
+    from contract.layout import append_history
 
     models = tmp_path_factory.mktemp("monitored") / "models"
     shutil.copytree(SHIPPED_MODELS, models)
@@ -310,7 +310,7 @@ def slow_upload(url: str, png: bytes, seconds: float) -> int:
 
 def test_every_alert_fires_against_the_live_service_and_none_on_in_distribution_traffic(tmp_path, fashion,
                                                                                          cifar_folder):
-    from training.publish import current_version
+    from contract.layout import current_version
 
     models = tmp_path / "models"
     shutil.copytree(SHIPPED_MODELS, models)

@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
                                        seed=args.seed, train_limit=args.train_limit, test_limit=args.test_limit)
         elif args.command == "reference":
             from training.datasets import load_dataset
-            from training.publish import list_versions
+            from contract.layout import list_versions
             from training.reference import add_reference
 
             dataset = load_dataset(args.dataset, args.data_dir)

@@ -7,7 +7,6 @@ preprocessing) and what it was measured to do. The service reads nothing from th
 from __future__ import annotations
 
 import copy
-import json
 import platform
 import time
 from pathlib import Path
@@ -20,12 +19,12 @@ from training.datasets import Dataset
 from training.evaluation import calibration_figures, reliability_bins
 from training.export import ONNX_OPSET, keras_to_onnx, onnx_probabilities
 from training.modelcard import write_model_card
-from training.publish import METADATA_FILE, sha256_file
+from contract.layout import sha256_file
+from contract.metadata import SCHEMA_VERSION, write_metadata
 from training.quantize import INT8_VERIFICATION_TOLERANCE, quantize_and_measure
 from training.reference import training_reference
 from training.train import TrainingResult, to_model_input
 
-SCHEMA_VERSION = 1
 KERAS_FILE = "model.keras"
 ONNX_FILE = "model.onnx"
 INT8_ONNX_FILE = "model.int8.onnx"
@@ -162,5 +161,5 @@ def write_artifact(folder: Path, version: int, dataset: Dataset, result: Trainin
     metadata["monitoring_reference"] = training_reference(dataset, onnx_bytes)
     write_model_card(folder, metadata)
     metadata["files"] = {p.name: sha256_file(p) for p in sorted(folder.iterdir()) if p.is_file()}
-    (folder / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
+    write_metadata(folder, metadata)
     return metadata

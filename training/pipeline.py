@@ -6,9 +6,10 @@ import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
+from contract.layout import append_history, current_version, list_versions, version_dir
 from training.artifact import write_artifact
 from training.datasets import Dataset, load_dataset
-from training.publish import PublishError, PublishedVersion, append_history, publish_version
+from training.publish import PublishError, PublishedVersion, publish_version, version_metadata
 from training.train import DEFAULT_CONFIGS, TrainingConfig, TrainingResult, format_duration, train_and_evaluate
 
 
@@ -68,21 +69,20 @@ def evaluate_version(models_dir: Path, name: str, dataset: Dataset, version: int
 
     from training.artifact import KERAS_FILE
     from training.evaluation import calibration_figures, classification_metrics
-    from training.publish import current_version, model_dir, read_metadata
     from training.train import to_model_input
 
     version = version or current_version(models_dir, name)
     if version is None:
         raise PublishError(f"{name} has no current version in {models_dir}")
-    metadata = read_metadata(models_dir, name, version)
-    count = test_count or metadata["metrics"]["test"]["samples"]
-    model = keras.models.load_model(model_dir(models_dir, name) / str(version) / KERAS_FILE)
+    document = version_metadata(models_dir, name, version).document
+    count = test_count or document["metrics"]["test"]["samples"]
+    model = keras.models.load_model(version_dir(models_dir, name, version) / KERAS_FILE)
     probabilities = model.predict(to_model_input(dataset.x_test[:count]), batch_size=1000, verbose=0)
     measured = classification_metrics(dataset.y_test[:count], probabilities, dataset.spec.classes)
-    recorded = dict(metadata["metrics"]["test"])
-    if "calibration" in metadata:
+    recorded = dict(document["metrics"]["test"])
+    if "calibration" in document:
         measured["calibration"] = calibration_figures(dataset.y_test[:count], probabilities)
-        recorded["calibration"] = metadata["calibration"]["test"]["after"]
+        recorded["calibration"] = document["calibration"]["test"]["after"]
     return {"version": version, "recorded": recorded, "measured": measured}
 
 
@@ -93,10 +93,9 @@ def version_accuracy(models_dir: Path, name: str, version: int, images, labels) 
     import numpy as np
 
     from training.artifact import KERAS_FILE
-    from training.publish import model_dir
     from training.train import to_model_input
 
-    model = keras.models.load_model(model_dir(models_dir, name) / str(version) / KERAS_FILE)
+    model = keras.models.load_model(version_dir(models_dir, name, version) / KERAS_FILE)
     probabilities = model.predict(to_model_input(images), batch_size=1000, verbose=0)
     return float(np.mean(probabilities.argmax(axis=1) == labels))
 
@@ -111,11 +110,9 @@ def evaluate_command(name: str, models_dir: Path, data_dir: Path | None, version
 
 
 def versions_command(name: str, models_dir: Path, report: Callable[[str], None] = print) -> None:
-    from training.publish import current_version, list_versions, read_metadata
-
     current = current_version(models_dir, name)
     for version in list_versions(models_dir, name):
-        metadata = read_metadata(models_dir, name, version)
+        metadata = version_metadata(models_dir, name, version)
         marker = "*" if version == current else " "
-        report(f"{marker} v{version}  test accuracy {metadata['metrics']['test']['accuracy']:.4f}  "
-               f"created {metadata['created_at']}")
+        report(f"{marker} v{version}  test accuracy {metadata.test_accuracy:.4f}  "
+               f"created {metadata.document['created_at']}")

@@ -7,110 +7,35 @@ pointer only ever names complete versions. Every decision about promotion is app
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import hashlib
-import json
 import os
 import shutil
-import tempfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-CURRENT_POINTER = "current"
-HISTORY_FILE = "history.jsonl"
-METADATA_FILE = "metadata.json"
-STAGING_PREFIX = ".staging-"
+from contract.layout import (
+    METADATA_FILE,
+    STAGING_PREFIX,
+    current_version,
+    install_version,
+    list_versions,
+    model_dir,
+    model_lock,
+    point_current,
+    stage_version,
+    staged_folders,
+    version_dir,
+)
+from contract.metadata import VersionMetadata, read_metadata
 
 
 class PublishError(Exception):
     """A version could not be published, promoted or rolled back; nothing was changed."""
 
 
-def model_dir(models_dir: Path, name: str) -> Path:
-    return Path(models_dir) / name
-
-
-def list_versions(models_dir: Path, name: str) -> list[int]:
-    """Complete versions, oldest first (staging folders are hidden and never listed)."""
-    folder = model_dir(models_dir, name)
-    if not folder.is_dir():
-        return []
-    return sorted(int(p.name) for p in folder.iterdir()
-                  if p.is_dir() and p.name.isdigit() and (p / METADATA_FILE).is_file())
-
-
-def current_version(models_dir: Path, name: str) -> int | None:
-    pointer = model_dir(models_dir, name) / CURRENT_POINTER
-    try:
-        text = pointer.read_text().strip()
-    except FileNotFoundError:
-        return None
-    return int(text) if text.isdigit() else None
-
-
-def read_metadata(models_dir: Path, name: str, version: int) -> dict:
-    return json.loads((model_dir(models_dir, name) / str(version) / METADATA_FILE).read_text())
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return "sha256:" + digest.hexdigest()
-
-
-def _fsync_tree(root: Path) -> None:
-    for path in sorted(root.rglob("*"), reverse=True):
-        if path.is_file():
-            with open(path, "rb") as f:
-                os.fsync(f.fileno())
-    _fsync_dir(root)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_text_atomically(path: Path, text: str) -> None:
-    """Replace ``path`` so that readers see the old or the new content, never a mix."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-@contextlib.contextmanager
-def model_lock(models_dir: Path, name: str) -> Iterator[None]:
-    """One writer per model at a time (publish, promote, rollback, prune), across processes."""
-    folder = model_dir(models_dir, name)
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
-def _remove_stale_staging(folder: Path) -> None:
+def _remove_stale_staging(models_dir: Path, name: str) -> None:
     # Only called under the model lock, so no other writer is using these.
-    for stale in folder.glob(STAGING_PREFIX + "*"):
+    for stale in staged_folders(models_dir, name):
         shutil.rmtree(stale, ignore_errors=True)
 
 
@@ -135,24 +60,21 @@ def publish_version(
     """
     folder = model_dir(models_dir, name)
     with model_lock(models_dir, name):
-        _remove_stale_staging(folder)
+        _remove_stale_staging(models_dir, name)
         existing = [int(p.name) for p in folder.iterdir() if p.name.isdigit()]
         version = max(existing, default=0) + 1
-        staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=folder))
+        staging = stage_version(models_dir, name)
         try:
             write_files(staging, version)
             if not (staging / METADATA_FILE).is_file():
                 raise PublishError(f"{name} v{version}: no {METADATA_FILE} was written")
-            staging.chmod(0o755)
-            _fsync_tree(staging)
-            os.rename(staging, folder / str(version))
-            _fsync_dir(folder)
+            install_version(staging, models_dir, name, version)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
         if promote:
-            write_text_atomically(folder / CURRENT_POINTER, f"{version}\n")
-    return PublishedVersion(name, version, folder / str(version), promote)
+            point_current(models_dir, name, version)
+    return PublishedVersion(name, version, version_dir(models_dir, name, version), promote)
 
 
 def set_current(models_dir: Path, name: str, version: int) -> None:
@@ -160,21 +82,7 @@ def set_current(models_dir: Path, name: str, version: int) -> None:
     with model_lock(models_dir, name):
         if version not in list_versions(models_dir, name):
             raise PublishError(f"{name} has no complete version {version}; versions: {list_versions(models_dir, name)}")
-        write_text_atomically(model_dir(models_dir, name) / CURRENT_POINTER, f"{version}\n")
-
-
-def append_history(models_dir: Path, name: str, record: dict) -> None:
-    """Append one decision to the model's history; a line is written whole or not at all."""
-    record = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **record}
-    line = json.dumps(record, sort_keys=True) + "\n"
-    folder = model_dir(models_dir, name)
-    folder.mkdir(parents=True, exist_ok=True)
-    fd = os.open(folder / HISTORY_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, line.encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        point_current(models_dir, name, version)
 
 
 def prune_versions(models_dir: Path, name: str, keep: int) -> list[int]:
@@ -188,6 +96,10 @@ def prune_versions(models_dir: Path, name: str, keep: int) -> list[int]:
         for version in doomed:
             # Rename first so a reader never sees a half-deleted version folder.
             trash = model_dir(models_dir, name) / f"{STAGING_PREFIX}deleted-{version}"
-            os.rename(model_dir(models_dir, name) / str(version), trash)
+            os.rename(version_dir(models_dir, name, version), trash)
             shutil.rmtree(trash, ignore_errors=True)
     return doomed
+
+
+def version_metadata(models_dir: Path, name: str, version: int) -> VersionMetadata:
+    return read_metadata(version_dir(models_dir, name, version))

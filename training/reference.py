@@ -7,10 +7,11 @@ are computed by the service's own code (``service.monitoring``), so both sides m
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from service.monitoring import reference_profile
+from contract.layout import version_dir
+from contract.metadata import read_metadata, write_metadata
+from contract.reference import reference_profile
 from service.settings import Settings
 from training.datasets import Dataset
 from training.export import onnx_probabilities
@@ -30,11 +31,10 @@ def training_reference(dataset: Dataset, onnx_bytes: bytes) -> dict:
 def add_reference(models_dir: Path, name: str, version: int, dataset: Dataset) -> dict:
     """Record the reference in an already published version's metadata.json (replaced atomically; the file is
     not among the hashed ones, so the version stays valid)."""
-    from training.artifact import ONNX_FILE
-    from training.publish import model_dir, read_metadata, write_text_atomically
-
-    folder = model_dir(models_dir, name) / str(version)
-    metadata = read_metadata(models_dir, name, version)
-    metadata["monitoring_reference"] = training_reference(dataset, (folder / ONNX_FILE).read_bytes())
-    write_text_atomically(folder / "metadata.json", json.dumps(metadata, indent=2) + "\n")
-    return metadata["monitoring_reference"]
+    folder = version_dir(models_dir, name, version)
+    metadata = read_metadata(folder)
+    document = dict(metadata.document)
+    document["monitoring_reference"] = training_reference(dataset, (folder / metadata.runtimes["onnx"].file)
+                                                          .read_bytes())
+    write_metadata(folder, document, replace=True)
+    return document["monitoring_reference"]

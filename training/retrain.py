@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from contract.layout import append_history, current_version, list_versions
 from training.datasets import load_dataset
 from training.feedback import (
     DEFAULT_CAP,
@@ -20,14 +21,7 @@ from training.feedback import (
     load_feedback,
 )
 from training.pipeline import evaluate_version, make_config, publish_result, version_accuracy
-from training.publish import (
-    PublishError,
-    append_history,
-    current_version,
-    list_versions,
-    prune_versions,
-    set_current,
-)
+from training.publish import PublishError, prune_versions, set_current
 from training.train import train_and_evaluate
 
 DEFAULT_TOLERANCE = 0.0  # a candidate may be this much less accurate (absolute) and still be promoted

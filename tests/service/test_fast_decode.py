@@ -9,7 +9,8 @@ from PIL import Image
 
 from service import fast_decode
 from service.errors import InvalidImage
-from service.images import InputSpec, decode_image, normalize_image, plan_decode, prepare_image
+from contract.metadata import InputSpec
+from service.images import decode_image, normalize_image, plan_decode, prepare_image
 from service.settings import Settings
 from tests.conftest import png_bytes
 

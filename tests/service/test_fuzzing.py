@@ -19,7 +19,8 @@ from PIL import Image
 
 from service.errors import ClientError
 from service.feedback import parse_label
-from service.images import InputSpec, inspect_image
+from contract.metadata import InputSpec
+from service.images import inspect_image
 from service.inference import check_pixels
 from service.protocols import kserve_v2, native, tf_serving
 from service.protocols.common import whole_number

@@ -1,7 +1,6 @@
 """The real service under gunicorn (2 workers) on a loopback port, driven over HTTP with real images."""
 
 import io
-import json
 
 import numpy as np
 import pytest
@@ -10,12 +9,11 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.settings import Settings
-from tests.conftest import SHIPPED_MODELS, png_bytes
+from tests.conftest import SHIPPED_MODELS, png_bytes, shipped_metadata
 
 
 def metadata(name):
-    version = (SHIPPED_MODELS / name / "current").read_text().strip()
-    return json.loads((SHIPPED_MODELS / name / version / "metadata.json").read_text())
+    return shipped_metadata(name)
 
 
 def served_runtime(server, name):

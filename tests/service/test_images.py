@@ -7,7 +7,8 @@ import pytest
 from PIL import Image
 
 from service.errors import ImageTooLarge, InvalidImage, UnsupportedMediaType
-from service.images import InputSpec, decode_image, has_light_background, normalize_image, prepare_image
+from contract.metadata import InputSpec
+from service.images import decode_image, has_light_background, normalize_image, prepare_image
 from service.settings import Settings
 from tests.conftest import png_bytes
 

@@ -14,12 +14,14 @@ import requests
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.images import InputSpec, inspect_image
+from contract.metadata import InputSpec
+from service.images import inspect_image
 from service.settings import Settings
 from service.metrics import state_families
-from service.monitoring import DriftWindow, Reference, population_stability_index, reference_profile
+from contract.reference import Reference, population_stability_index, reference_profile
+from service.monitoring import DriftWindow
 from tests.conftest import SHIPPED_MODELS, GunicornServer, png_bytes
-from training.publish import current_version
+from contract.layout import current_version
 
 GRAY = InputSpec((28, 28), "grayscale", True)
 LIMITS = Settings().decode_limits
@@ -253,7 +255,7 @@ def test_low_confidence_predictions_are_counted_at_the_threshold(models_copy, fa
 
 
 def test_retraining_runs_in_the_history_are_exposed(models_copy):
-    from training.publish import append_history
+    from contract.layout import append_history
 
     append_history(models_copy, "cifar10", {"event": "retrain", "outcome": "kept", "version": 3, "promoted": False,
                                             "candidate": {"accuracy": 0.60}, "champion": {"accuracy": 0.61}})

@@ -1,14 +1,14 @@
 """Loading, verifying and refusing versions, on copies of the shipped models."""
 
 import json
-import shutil
 
 import numpy as np
 import pytest
 
+from contract.layout import METADATA_FILE, current_version
 from service.errors import UnknownModel
 from service.registry import ModelRegistry, VersionRefused, load_version
-from tests.conftest import SHIPPED_MODELS
+from tests.conftest import SHIPPED_MODELS, copy_current_version, publish_copy
 
 
 MODEL_FILES = ("model.onnx", "model.int8.onnx")
@@ -16,22 +16,11 @@ MODEL_FILES = ("model.onnx", "model.int8.onnx")
 
 def copy_model(tmp_path, name="fashion_mnist"):
     target = tmp_path / "models"
-    version = (SHIPPED_MODELS / name / "current").read_text().strip()
-    (target / name).mkdir(parents=True)
-    shutil.copytree(SHIPPED_MODELS / name / version, target / name / version)
-    (target / name / "current").write_text(version + "\n")
-    return target, int(version)
+    return target, copy_current_version(target, name)
 
 
 def add_version(models_dir, name, source_version, new_version, promote=True):
-    folder = models_dir / name / str(new_version)
-    shutil.copytree(models_dir / name / str(source_version), folder)
-    metadata = json.loads((folder / "metadata.json").read_text())
-    metadata["version"] = new_version
-    (folder / "metadata.json").write_text(json.dumps(metadata))
-    if promote:
-        (models_dir / name / "current").write_text(f"{new_version}\n")
-    return folder
+    return publish_copy(models_dir, name, source_version, new_version, promote=promote)
 
 
 def test_shipped_models_load_and_pass_their_own_verification():
@@ -59,7 +48,7 @@ def test_a_bad_version_is_refused_and_the_old_one_keeps_serving(tmp_path, damage
     registry.refresh()
     folder = add_version(models_dir, "fashion_mnist", version, version + 1)
     if damage == "missing_metadata":
-        (folder / "metadata.json").unlink()
+        (folder / METADATA_FILE).unlink()
     elif damage == "tampered_model":
         for model_file in MODEL_FILES:
             (folder / model_file).write_bytes((folder / model_file).read_bytes()[:-100])
@@ -71,9 +60,9 @@ def test_a_bad_version_is_refused_and_the_old_one_keeps_serving(tmp_path, damage
         for outputs in ("probabilities", "probabilities_onnx_int8"):
             samples[outputs] = np.roll(samples[outputs], 1, axis=1)
         np.savez(folder / "verification.npz", **samples)
-        metadata = json.loads((folder / "metadata.json").read_text())
+        metadata = json.loads((folder / METADATA_FILE).read_text())
         metadata["files"].pop("verification.npz")
-        (folder / "metadata.json").write_text(json.dumps(metadata))
+        (folder / METADATA_FILE).write_text(json.dumps(metadata))
     assert registry.refresh() == [f"fashion_mnist v{version + 1} refused"]
     assert registry.get("fashion_mnist").version == version
     assert "fashion_mnist" in registry.errors
@@ -92,7 +81,7 @@ def test_keras_reference_and_onnx_runtimes_agree_on_real_test_images(fashion):
 
 
 def _current(name):
-    return int((SHIPPED_MODELS / name / "current").read_text())
+    return current_version(SHIPPED_MODELS, name)
 
 
 def test_auto_serves_the_int8_model_and_falls_back_to_float_where_there_is_none(tmp_path):
@@ -100,10 +89,10 @@ def test_auto_serves_the_int8_model_and_falls_back_to_float_where_there_is_none(
     assert load_version(models_dir, "fashion_mnist", version, "auto").runtime.kind == "onnx_int8"
     assert load_version(models_dir, "fashion_mnist", version, "onnx").runtime.kind == "onnx"
     folder = add_version(models_dir, "fashion_mnist", version, version + 1)
-    metadata = json.loads((folder / "metadata.json").read_text())
+    metadata = json.loads((folder / METADATA_FILE).read_text())
     del metadata["runtimes"]["onnx_int8"]  # a version published without an int8 copy
     del metadata["files"]["model.int8.onnx"]
-    (folder / "metadata.json").write_text(json.dumps(metadata))
+    (folder / METADATA_FILE).write_text(json.dumps(metadata))
     (folder / "model.int8.onnx").unlink()
     assert load_version(models_dir, "fashion_mnist", version + 1, "auto").runtime.kind == "onnx"
     with pytest.raises(VersionRefused, match="no 'onnx_int8' model"):

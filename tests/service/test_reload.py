@@ -1,12 +1,12 @@
 """Zero-downtime reload: versions published, refused and rolled back while a real server is under load."""
 
-import shutil
 import threading
 import time
 
 import requests
 
-from tests.conftest import SHIPPED_MODELS, GunicornServer, png_bytes, publish_copy
+from contract.layout import point_current
+from tests.conftest import GunicornServer, copy_current_version, png_bytes, publish_copy
 
 
 def served_version(server, image):
@@ -28,10 +28,7 @@ def wait_for_version(server, image, version, timeout=20):
 
 def test_new_versions_refusals_and_rollbacks_under_load(tmp_path, fashion):
     models_dir = tmp_path / "models"
-    version = int((SHIPPED_MODELS / "fashion_mnist" / "current").read_text())
-    (models_dir / "fashion_mnist").mkdir(parents=True)
-    shutil.copytree(SHIPPED_MODELS / "fashion_mnist" / str(version), models_dir / "fashion_mnist" / str(version))
-    (models_dir / "fashion_mnist" / "current").write_text(f"{version}\n")
+    version = copy_current_version(models_dir, "fashion_mnist")
     image = png_bytes(fashion.x_test[0])
 
     server = GunicornServer(models_dir, workers=2).start()
@@ -74,7 +71,7 @@ def test_new_versions_refusals_and_rollbacks_under_load(tmp_path, fashion):
         assert 'classifier_model_reloads_total{model="fashion_mnist",result="refused"}' in metrics
 
         # Rolling the pointer back is picked up like any other change.
-        (models_dir / "fashion_mnist" / "current").write_text(f"{version}\n")
+        point_current(models_dir, "fashion_mnist", version)
         assert wait_for_version(server, image, version)
     finally:
         server.stop()

@@ -11,7 +11,8 @@ import pytest
 from training.artifact import KERAS_FILE, ONNX_FILE, VERIFICATION_FILE
 from training.datasets import Dataset
 from training.pipeline import evaluate_version, make_config, train_and_publish
-from training.publish import current_version, list_versions, publish_version, read_metadata
+from contract.layout import METADATA_FILE, current_version, list_versions
+from training.publish import publish_version, version_metadata
 from training.train import train_and_evaluate
 
 QUICK = dict(epochs=2, hidden_units=(64, 32), train_limit=3000, test_limit=1000, validation_size=500)
@@ -34,7 +35,7 @@ def test_quick_training_learns_and_publishes_a_complete_version(published):
     models_dir, version, result, metadata = published
     assert version.version == 1 and current_version(models_dir, "fashion_mnist") == 1
     files = {p.name for p in version.path.iterdir()}
-    assert {KERAS_FILE, ONNX_FILE, VERIFICATION_FILE, "metadata.json", "MODEL_CARD.md",
+    assert {KERAS_FILE, ONNX_FILE, VERIFICATION_FILE, METADATA_FILE, "MODEL_CARD.md",
             "learning_curves.png", "confusion_matrix.png"} <= files
     assert metadata["metrics"]["test"]["accuracy"] > 0.6  # far above chance (0.1) after two short epochs
     assert [p.name for p in models_dir.joinpath("fashion_mnist").iterdir() if p.name.startswith(".staging")] == []
@@ -42,7 +43,7 @@ def test_quick_training_learns_and_publishes_a_complete_version(published):
 
 def test_metadata_describes_the_model(published):
     models_dir, version, result, metadata = published
-    on_disk = read_metadata(models_dir, "fashion_mnist", 1)
+    on_disk = version_metadata(models_dir, "fashion_mnist", 1).document
     assert on_disk == json.loads(json.dumps(metadata))
     assert on_disk["classes"][0] == "T-shirt/top" and len(on_disk["classes"]) == 10
     assert on_disk["input"] == {"shape": [28, 28], "dtype": "float32", "color_mode": "grayscale",
@@ -175,7 +176,7 @@ def test_a_killed_publish_leaves_no_visible_version(published, tmp_path):
     assert list_versions(models_dir, "fashion_mnist") == [1] and current_version(models_dir, "fashion_mnist") == 1
     assert not [p for p in folder.iterdir() if p.name.isdigit() and p.name != "1"]
     # The next publish sweeps the leftover staging folder away.
-    publish_version(models_dir, "fashion_mnist", lambda f, v: (f / "metadata.json").write_text("{}"), promote=False)
+    publish_version(models_dir, "fashion_mnist", lambda f, v: (f / METADATA_FILE).write_text("{}"), promote=False)
     assert not [p for p in folder.iterdir() if p.name.startswith(".staging")]
     assert current_version(models_dir, "fashion_mnist") == 1
 

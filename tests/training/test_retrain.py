@@ -1,6 +1,5 @@
 """Champion/challenger promotion, rollback, pruning and the schedule, with real small trainings."""
 
-import json
 import subprocess
 import sys
 import time
@@ -11,8 +10,8 @@ import pytest
 
 from tests.conftest import ROOT
 from training.pipeline import make_config, train_and_publish
-from service.registry import read_history
-from training.publish import current_version, list_versions
+from contract.layout import current_version, list_versions, read_history
+from training.publish import version_metadata
 from training.retrain import decide_promotion, retrain, rollback
 from training.schedule import RetrainScheduler, ScheduleSettings, parse_interval
 
@@ -156,7 +155,7 @@ def test_stored_feedback_is_trained_on_and_judged_on_its_held_out_part(fashion, 
     assert production["weight"] == 2.0 and 0 <= production["champion"] <= 1 and 0 <= production["candidate"] <= 1
     record = read_history(models_dir, "fashion_mnist")[-1]
     assert record["production"] == production
-    metadata = json.loads((models_dir / "fashion_mnist" / str(outcome.version) / "metadata.json").read_text())
+    metadata = version_metadata(models_dir, "fashion_mnist", outcome.version).document
     assert metadata["metrics"]["production"]["samples"] == production["samples"]
     assert metadata["metrics"]["production"]["accuracy"] == production["candidate"]
     card = (models_dir / "fashion_mnist" / str(outcome.version) / "MODEL_CARD.md").read_text()

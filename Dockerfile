@@ -24,10 +24,9 @@ FROM ${PYTHON_IMAGE} AS train
 RUN useradd --create-home --uid 10001 app && mkdir -p /app/models /cache && chown app:app /app/models /cache
 COPY --from=train-venv /opt/venv /opt/venv
 WORKDIR /app
+# Training writes what contract/ describes and imports nothing of the service.
 COPY contract ./contract
 COPY training ./training
-# Training reads the service's settings (the low-confidence threshold of its reference; see docs/architecture.md).
-COPY service ./service
 ENV PATH=/opt/venv/bin:$PATH PYTHONPATH=/app PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 \
     MODELS_DIR=/app/models KERAS_HOME=/cache/keras MPLCONFIGDIR=/tmp/matplotlib
 USER app

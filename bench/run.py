@@ -217,7 +217,7 @@ def in_process_costs(images: dict, models_dir: Path, repeat: int = 300) -> dict:
     from service.images import decode_image, decode_pixels, inspect_image, normalize_pixels, oriented_in_mode, plan_decode
     from service.model_monitor import ModelMonitor
     from service.registry import ModelRegistry
-    from service.feedback_store import input_id
+    from contract.ids import input_id
     from service.inference import Classified
     from service.protocols.native import prediction_body
     from service.settings import Settings

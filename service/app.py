@@ -14,7 +14,7 @@ from service import inference, metrics
 from service.errors import register_error_handlers
 from service.feedback import RateLimit, Retention
 from service.feedback import blueprint as feedback_blueprint
-from service.feedback_store import FeedbackStore
+from contract.feedback_store import FeedbackStore
 from service.protocols import PROTOCOLS, protocol_of
 from service.model_monitor import ModelMonitor
 from service.pages import register_pages

@@ -18,7 +18,8 @@ import sqlalchemy as sa
 from flask import Blueprint, current_app, jsonify, request
 
 from service.errors import ClientError, InvalidParameter, TooManyImages, error_body
-from service.feedback_store import ID_PATTERN, FeedbackStore, input_id
+from contract.feedback_store import FeedbackStore
+from contract.ids import ID_PATTERN, input_id
 from service.images import inspect_image
 from service.protocols.common import served_model, whole_number
 from service.registry import LoadedModel

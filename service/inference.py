@@ -14,7 +14,7 @@ import numpy as np
 from service import metrics
 from service.budget import DecodeGate
 from service.errors import InvalidTensor
-from service.feedback_store import input_id
+from contract.ids import input_id
 from service.images import DecodeLimits, UploadFacts, decode_planned, plan_batch
 from service.model_monitor import ModelMonitor
 from service.registry import LoadedModel

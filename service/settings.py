@@ -7,6 +7,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from contract.layout import FEEDBACK_FOLDER
+from contract.reference import LOW_CONFIDENCE_THRESHOLD
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -46,7 +49,7 @@ class Settings:
     worker_timeout_seconds: float = 30.0  # a worker silent for this long is killed and replaced
     # Monitoring (service/monitoring.py, docs/operations.md#monitoring).
     input_monitoring: bool = True  # input statistics, confidence and drift metrics for every image
-    low_confidence_threshold: float = 0.5  # a top-1 probability below this counts as a low-confidence prediction
+    low_confidence_threshold: float = LOW_CONFIDENCE_THRESHOLD  # a top-1 probability below this is low confidence
     drift_window_images: int = 1000  # drift is measured over the service's last this-many images of a model
     # Feedback (service/feedback.py, docs/feedback.md): off until a token is set.
     feedback_token: str = field(default="", repr=False)  # the bearer token of /feedback and every write endpoint
@@ -118,7 +121,7 @@ class Settings:
 
     @property
     def feedback_folder(self) -> Path:
-        return Path(self.feedback_dir) if self.feedback_dir else self.models_dir / ".feedback"
+        return Path(self.feedback_dir) if self.feedback_dir else self.models_dir / FEEDBACK_FOLDER
 
     @property
     def gunicorn_worker_class(self) -> str:

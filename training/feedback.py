@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from contract.layout import FEEDBACK_FOLDER
+
 DEFAULT_WEIGHT = 1.0  # loss weight of a feedback image relative to a public training image
 DEFAULT_CAP = 20_000  # at most this many (newest) feedback images are used
 DEFAULT_PRODUCTION_FRACTION = 0.2  # held out of training as the production evaluation set
@@ -45,7 +47,7 @@ def in_production_set(image_id: str, fraction: float, seed: int = SPLIT_SEED) ->
 def feedback_location(models_dir: Path, feedback_dir: str | os.PathLike | None,
                       database_url: str | None) -> tuple[Path, str | None]:
     """Where the service keeps feedback: FEEDBACK_DIR (default <models>/.feedback) and DATABASE_URL."""
-    folder = Path(feedback_dir) if feedback_dir else Path(models_dir) / ".feedback"
+    folder = Path(feedback_dir) if feedback_dir else Path(models_dir) / FEEDBACK_FOLDER
     return folder, database_url or None
 
 
@@ -58,7 +60,7 @@ def load_feedback(name: str, classes: list[str] | tuple[str, ...], image_shape: 
                            np.zeros((0, *shape), np.uint8), np.zeros(0, np.int64), weight, "none")
     if database_url is None and not (folder / "feedback.db").exists():
         return nothing
-    from service.feedback_store import FeedbackStore
+    from contract.feedback_store import FeedbackStore
 
     store = FeedbackStore(folder, database_url)
     try:

@@ -2,7 +2,7 @@
 
 Recorded in metadata.json at publish time (``write_artifact``) and, for versions published before it existed,
 by ``python -m training reference``. The service's drift metrics compare live traffic with it; the statistics
-are computed by the service's own code (``service.monitoring``), so both sides measure the same thing.
+are computed by the contract's code (``contract.reference``), which the service measures live traffic with.
 """
 
 from __future__ import annotations
@@ -11,14 +11,12 @@ from pathlib import Path
 
 from contract.layout import version_dir
 from contract.metadata import read_metadata, write_metadata
-from contract.reference import reference_profile
-from service.settings import Settings
+from contract.reference import LOW_CONFIDENCE_THRESHOLD, reference_profile
 from training.datasets import Dataset
 from training.export import onnx_probabilities
 from training.train import to_model_input
 
 REFERENCE_SAMPLES = 5000
-LOW_CONFIDENCE_THRESHOLD = Settings.low_confidence_threshold  # the service's default
 
 
 def training_reference(dataset: Dataset, onnx_bytes: bytes) -> dict:

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from service.feedback_store import FeedbackStore, decode_pixels, encode_pixels, input_id, make_engine
+from contract.feedback_store import FeedbackStore, decode_pixels, encode_pixels, make_engine
+from contract.ids import input_id
 from tests.conftest import free_port
 
 

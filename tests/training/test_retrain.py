@@ -114,7 +114,7 @@ def test_promotion_needs_no_regression_on_the_production_set_too():
 
 
 def test_the_production_split_is_a_fixed_share_of_ids():
-    from service.feedback_store import input_id
+    from contract.ids import input_id
     from training.feedback import in_production_set
 
     ids = [input_id(np.full((2, 2), i, np.float32)) for i in range(2000)]
@@ -132,7 +132,8 @@ def test_no_feedback_store_means_no_feedback_and_nothing_created(tmp_path):
 
 
 def test_stored_feedback_is_trained_on_and_judged_on_its_held_out_part(fashion, fashion_dir, tmp_path):
-    from service.feedback_store import FeedbackStore, input_id
+    from contract.feedback_store import FeedbackStore
+    from contract.ids import input_id
     from training.retrain import FeedbackOptions
 
     models_dir = tmp_path / "models"

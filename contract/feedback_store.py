@@ -9,10 +9,8 @@ the normalized pixels, which is also the prediction id every response carries.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
-import re
 import threading
 import time
 from dataclasses import dataclass
@@ -22,7 +20,6 @@ import numpy as np
 import sqlalchemy as sa
 from PIL import Image
 
-ID_PATTERN = re.compile(r"[0-9a-f]{64}")
 DATABASE_FILE = "feedback.db"
 IMAGES_FOLDER = "images"
 
@@ -56,11 +53,6 @@ retained = sa.Table(
     sa.Column("image_file", sa.String(256), nullable=False),
     sa.Column("size_bytes", sa.Integer, nullable=False),
 )
-
-
-def input_id(pixels: np.ndarray) -> str:
-    """The content hash of one normalized input (float32 in [0, 1]): equal pixels, equal id, in every protocol."""
-    return hashlib.sha256(np.ascontiguousarray(pixels, dtype=np.float32).tobytes()).hexdigest()
 
 
 def encode_pixels(pixels: np.ndarray) -> bytes:

@@ -25,13 +25,13 @@ worker_connections = settings.worker_connections
 keepalive = math.ceil(settings.keepalive_seconds)
 timeout = math.ceil(settings.worker_timeout_seconds)
 # The master's limit after SIGTERM covers the workers' drain and then their requests in flight.
-graceful_timeout = math.ceil(settings.drain_seconds + settings.graceful_timeout_seconds)
+graceful_timeout = settings.shutdown_seconds
 max_requests = 0
 # gunicorn's control socket is unused here, and its one path per user would be shared by every instance.
 control_socket_disable = True
 accesslog = "-" if settings.access_log else None
 errorlog = "-"
-loglevel = os.environ.get("LOG_LEVEL", "info")
+loglevel = settings.log_level
 # Inference runs one thread per worker; keep BLAS and ONNX Runtime from spawning more.
 raw_env = ["OMP_NUM_THREADS=1", "OPENBLAS_NUM_THREADS=1"]
 
@@ -41,7 +41,11 @@ if settings.worker_class == "gevent":
     # Open connections per worker, shared with the workers (they are forked from this process).
     _connection_counts = ConnectionCounts(slots=max(64, 2 * settings.workers))
 
-    def pre_fork(server, worker):
+
+def pre_fork(server, worker):
+    """In the master, before the worker is forked: it takes these settings (read once, here) with it."""
+    worker.settings = settings
+    if settings.worker_class == "gevent":
         worker.connection_counts = _connection_counts
         worker.slot = _connection_counts.claim_slot({w.slot for w in server.WORKERS.values()})
 

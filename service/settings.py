@@ -1,116 +1,113 @@
-"""All configuration, read once from the environment into one typed object."""
+"""All of the service's configuration, read once from the environment into one typed object.
+
+Each setting is declared once, below: its variable, type, default, bounds and what it does. The configuration
+table in docs/operations.md is ``python -m service.settings``'s output (a test keeps them equal); gunicorn's own
+settings are derived from these in service/gunicorn.conf.py.
+"""
 
 from __future__ import annotations
 
-import os
+import math
+import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
-from pathlib import Path
+from dataclasses import dataclass
 
-from contract.layout import FEEDBACK_FOLDER
+from contract.config import Locations, SettingError, declared, from_environment, markdown_table, setting
 from contract.reference import LOW_CONFIDENCE_THRESHOLD
+
+MIB = 1024 * 1024
+RUNTIME_CHOICES = ("auto", "onnx_int8", "onnx", "keras")
+WORKER_CLASSES = {"gevent": "service.worker.ServiceWorker", "sync": "service.worker.SyncServiceWorker"}
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
 @dataclass(frozen=True)
-class Settings:
-    """Service settings; each field's environment variable is named in ``ENVIRONMENT``."""
+class Settings(Locations):
+    """The service's settings (and, from ``Locations``, where the models and the feedback store are)."""
 
-    models_dir: Path = Path("models")
-    default_model: str = "fashion_mnist"
-    # "auto": the int8 ONNX model where a version has one, else the float one; or force "onnx_int8", "onnx"
-    # (float32) or "keras" (the reference, needs TensorFlow).
-    runtime: str = "auto"
+    default_model: str = setting("DEFAULT_MODEL", "fashion_mnist", "model used when a request names none")
+    runtime: str = setting(
+        "MODEL_RUNTIME", "auto", "`auto`: a version's int8 ONNX model where it has one, else its float32 one; or "
+        "always `onnx_int8`, `onnx` (float32), or `keras` (the reference; needs the `train` extra)",
+        choices=RUNTIME_CHOICES)
+    reload_interval_seconds: float = setting("MODEL_RELOAD_SECONDS", 2.0, "how often workers look for a newly "
+                                             "published current version", above=0)
+    default_top_k: int = setting("DEFAULT_TOP_K", 5, "classes listed in `top`", minimum=1)
     # What a request may cost (docs/operations.md#limits); each is checked before the work it bounds starts.
-    max_upload_bytes: int = 10 * 1024 * 1024
-    max_image_pixels: int = 40_000_000  # width x height one image may declare
-    max_decode_bytes: int = 64 * 1024 * 1024  # peak memory of decoding one image
-    max_request_pixels: int = 16_000_000  # pixels decoded for all of a request's images together
-    max_images_per_request: int = 64
-    max_header_bytes: int = 64 * 1024  # a request's line and headers together
-    max_buffered_bytes: int = 32 * 1024 * 1024  # request bytes one worker holds in memory, all connections
-    min_upload_rate: int = 32 * 1024  # bytes/s a body must average once it has taken BODY_TIMEOUT_SECONDS
-    default_top_k: int = 5
-    reload_interval_seconds: float = 2.0  # how often workers look for a new current version
-    host: str = "127.0.0.1"
-    port: int = 8000
-    access_log: bool = False
-    # The HTTP front door (gunicorn, see service/worker.py and docs/operations.md).
-    workers: int = 2
-    # "gevent": one greenlet per connection, keep-alive, per-phase timeouts, drain (service.worker); or "sync",
-    # gunicorn's one-request-at-a-time worker without keep-alive, where a slow client holds a whole worker.
-    worker_class: str = "gevent"
-    worker_connections: int = 1000  # open connections per worker, idle keep-alive ones included
-    header_timeout_seconds: float = 10.0  # from a request's first byte to the end of its headers, in all
-    body_timeout_seconds: float = 30.0  # the longest pause while reading a body or writing a response
-    keepalive_seconds: float = 65.0  # an idle kept-alive connection is closed after this; above the usual 60 s
-    #                                   of load balancers, so they close first and never reuse a closing one
-    drain_seconds: float = 5.0  # after SIGTERM: /readyz says 503 and everything is still served this long
-    graceful_timeout_seconds: float = 20.0  # then requests in flight get this long to finish
-    worker_timeout_seconds: float = 30.0  # a worker silent for this long is killed and replaced
-    # Monitoring (service/monitoring.py, docs/operations.md#monitoring).
-    input_monitoring: bool = True  # input statistics, confidence and drift metrics for every image
-    low_confidence_threshold: float = LOW_CONFIDENCE_THRESHOLD  # a top-1 probability below this is low confidence
-    drift_window_images: int = 1000  # drift is measured over the service's last this-many images of a model
-    # Feedback (service/feedback.py, docs/feedback.md): off until a token is set.
-    feedback_token: str = field(default="", repr=False)  # the bearer token of /feedback and every write endpoint
-    feedback_dir: str = ""  # images and the SQLite database; empty: <MODELS_DIR>/.feedback
-    database_url: str = field(default="", repr=False)  # e.g. postgresql://user:pass@host/db; empty: SQLite
-    feedback_rate_per_minute: int = 600  # feedback requests each worker accepts per minute; more get 429
-    feedback_max_items: int = 100_000  # stored feedback per model; beyond it, 507 until some is deleted
-    retain_predictions: bool = False  # keep each served input so feedback can name it by id alone
-    retain_max_bytes: int = 256 * 1024 * 1024  # the retained inputs' total size; the oldest go first
-    retain_max_age_seconds: float = 24 * 3600.0  # a retained input is forgotten after this long
+    max_upload_bytes: int = setting("MAX_UPLOAD_BYTES", 10 * MIB, "largest request body, however it is framed",
+                                    minimum=1)
+    max_image_pixels: int = setting("MAX_IMAGE_PIXELS", 40_000_000, "largest image an upload may declare, "
+                                    "width x height", minimum=1)
+    max_decode_bytes: int = setting("MAX_DECODE_BYTES", 64 * MIB, "memory decoding one image may take at its "
+                                    "peak, priced from its header", minimum=1)
+    max_request_pixels: int = setting("MAX_REQUEST_PIXELS", 16_000_000, "pixels decoded for all of a request's "
+                                      "images together", minimum=1)
+    max_images_per_request: int = setting("MAX_IMAGES_PER_REQUEST", 64, "images in one request", minimum=1)
+    max_header_bytes: int = setting("MAX_HEADER_BYTES", 64 * 1024, "a request's line and headers together",
+                                    minimum=1)
+    max_buffered_bytes: int = setting("MAX_BUFFERED_BYTES", 32 * MIB, "bytes of requests one worker holds in "
+                                      "memory, over all its connections; past it, 503", minimum=1)
+    min_upload_rate: int = setting("MIN_UPLOAD_RATE", 32 * 1024, "bytes/s a body must average once it has taken "
+                                   "`BODY_TIMEOUT_SECONDS`; slower, 408", minimum=1)
+    # The HTTP front door (service/front_door, docs/operations.md#the-front-door-slow-clients-keep-alive-drain).
+    host: str = setting("HOST", "127.0.0.1", "address to bind", shown="127.0.0.1 (0.0.0.0 in the container)")
+    port: int = setting("PORT", 8000, "port to listen on", minimum=1, maximum=65535)
+    workers: int = setting("WEB_CONCURRENCY", 2, "gunicorn worker processes", minimum=1)
+    worker_class: str = setting(
+        "WORKER_CLASS", "gevent", "`gevent`: the service's worker; `sync`: gunicorn's one-request-at-a-time "
+        "worker, no keep-alive, stalled by slow clients", choices=tuple(WORKER_CLASSES))
+    worker_connections: int = setting("WORKER_CONNECTIONS", 1000, "open connections per worker, idle kept-alive "
+                                      "ones included; past it, new ones wait in the listen queue", minimum=1)
+    header_timeout_seconds: float = setting("HEADER_TIMEOUT_SECONDS", 10.0, "a request's headers must arrive "
+                                            "within this, from their first byte to their end; else 408", above=0)
+    body_timeout_seconds: float = setting("BODY_TIMEOUT_SECONDS", 30.0, "the longest pause while a body arrives "
+                                          "or a response leaves; else 408", above=0)
+    keepalive_seconds: float = setting("KEEPALIVE_SECONDS", 65.0, "an idle kept-alive connection is closed after "
+                                       "this; above the usual 60 s of load balancers, so they close first",
+                                       above=0)
+    drain_seconds: float = setting("DRAIN_SECONDS", 5.0, "after SIGTERM, `/readyz` answers 503 while everything "
+                                   "is still served, this long", minimum=0)
+    graceful_timeout_seconds: float = setting("GRACEFUL_TIMEOUT_SECONDS", 20.0, "then requests in flight get "
+                                              "this long to finish", above=0)
+    worker_timeout_seconds: float = setting("WORKER_TIMEOUT_SECONDS", 30.0, "a worker that stops answering its "
+                                            "master this long is killed and replaced", above=0)
+    access_log: bool = setting("ACCESS_LOG", False, "`1` logs every request")
+    log_level: str = setting("LOG_LEVEL", "info", "gunicorn's and the service's log level", choices=LOG_LEVELS)
+    # Monitoring (service/observability, docs/operations.md#monitoring).
+    input_monitoring: bool = setting("INPUT_MONITORING", True, "input statistics, confidence and drift metrics "
+                                     "for every image; `off` saves their cost")
+    low_confidence_threshold: float = setting("LOW_CONFIDENCE_THRESHOLD", LOW_CONFIDENCE_THRESHOLD, "a top-1 "
+                                              "probability below this counts in "
+                                              "`classifier_low_confidence_predictions_total`", above=0, maximum=1)
+    drift_window_images: int = setting("DRIFT_WINDOW_IMAGES", 1000, "drift is measured over the last this-many "
+                                       "images of a model, all workers together", minimum=10)
+    # Feedback (service/feedback, docs/feedback.md): off until a token is set.
+    feedback_token: str = setting("FEEDBACK_TOKEN", "", "the bearer token for `POST /feedback` and `DELETE "
+                                  "/feedback/...`; unset, feedback is off", secret=True)
+    feedback_rate_per_minute: int = setting("FEEDBACK_RATE_PER_MINUTE", 600, "feedback requests a worker "
+                                            "accepts a minute, in bursts of as many; past it, 429", minimum=1)
+    feedback_max_items: int = setting("FEEDBACK_MAX_ITEMS", 100_000, "feedback items a model may have; past it, "
+                                      "507", minimum=1)
+    retain_predictions: bool = setting("RETAIN_PREDICTIONS", False, "`1` keeps each served input so feedback may "
+                                       "name it by `id` (needs `FEEDBACK_TOKEN`)")
+    retain_max_bytes: int = setting("RETAIN_MAX_BYTES", 256 * MIB, "retained inputs are pruned, oldest first, "
+                                    "past this size on disk", minimum=1)
+    retain_max_age_seconds: float = setting("RETAIN_MAX_AGE_SECONDS", 86400.0, "and past this age", above=0)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides) -> Settings:
-        environ = os.environ if environ is None else environ
-        values = {}
-        for setting in fields(cls):
-            raw = environ.get(ENVIRONMENT[setting.name])
-            if raw is None or raw == "":
-                continue
-            values[setting.name] = _parse(setting.name, raw, type(getattr(cls, setting.name)))
-        values.update(overrides)
-        settings = cls(**values)
-        settings.validate()
-        return settings
+        return from_environment(cls, environ, **overrides)
 
-    def validate(self) -> None:
-        if self.runtime not in RUNTIME_CHOICES:
-            raise ValueError(f"MODEL_RUNTIME must be one of {', '.join(RUNTIME_CHOICES)}, not {self.runtime!r}")
-        for name in ("max_upload_bytes", "max_image_pixels", "max_decode_bytes", "max_request_pixels",
-                     "max_images_per_request", "max_header_bytes", "max_buffered_bytes", "min_upload_rate",
-                     "default_top_k", "port", "workers", "worker_connections"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{ENVIRONMENT[name]} must be at least 1")
-        if self.reload_interval_seconds <= 0:
-            raise ValueError("MODEL_RELOAD_SECONDS must be positive")
-        if self.worker_class not in WORKER_CLASSES:
-            raise ValueError(f"WORKER_CLASS must be one of {', '.join(WORKER_CLASSES)}, not {self.worker_class!r}")
-        for name in ("header_timeout_seconds", "body_timeout_seconds", "keepalive_seconds",
-                     "graceful_timeout_seconds", "worker_timeout_seconds"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{ENVIRONMENT[name]} must be positive")
-        if self.drain_seconds < 0:
-            raise ValueError("DRAIN_SECONDS must not be negative")
-        if not 0 < self.low_confidence_threshold < 1:
-            raise ValueError("LOW_CONFIDENCE_THRESHOLD must be between 0 and 1")
-        for name in ("feedback_rate_per_minute", "feedback_max_items", "retain_max_bytes"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{ENVIRONMENT[name]} must be at least 1")
-        if self.retain_max_age_seconds <= 0:
-            raise ValueError("RETAIN_MAX_AGE_SECONDS must be positive")
+    def cross_check(self) -> None:
         if self.retain_predictions and not self.feedback_token:
-            raise ValueError("RETAIN_PREDICTIONS needs FEEDBACK_TOKEN: retained inputs are only for feedback")
-        if self.drift_window_images < 10:
-            raise ValueError("DRIFT_WINDOW_IMAGES must be at least 10")
+            raise SettingError("RETAIN_PREDICTIONS needs FEEDBACK_TOKEN: retained inputs are only for feedback")
         if self.max_buffered_bytes < self.max_upload_bytes + self.max_header_bytes:
-            raise ValueError("MAX_BUFFERED_BYTES must hold at least one whole request: MAX_UPLOAD_BYTES + "
-                             "MAX_HEADER_BYTES")
+            raise SettingError("MAX_BUFFERED_BYTES must hold at least one whole request: MAX_UPLOAD_BYTES + "
+                               "MAX_HEADER_BYTES")
 
     @property
     def decode_limits(self):
-        """The limits ``service.images`` checks before decoding (imported here: the master needs no Pillow)."""
+        """The limits ``service.images`` checks before decoding (imported here: the master loads no Pillow)."""
         from service.images import DecodeLimits
 
         return DecodeLimits(self.max_image_pixels, self.max_decode_bytes, self.max_request_pixels)
@@ -120,65 +117,17 @@ class Settings:
         return bool(self.feedback_token)
 
     @property
-    def feedback_folder(self) -> Path:
-        return Path(self.feedback_dir) if self.feedback_dir else self.models_dir / FEEDBACK_FOLDER
-
-    @property
     def gunicorn_worker_class(self) -> str:
         return WORKER_CLASSES[self.worker_class]
 
-
-RUNTIME_CHOICES = ("auto", "onnx_int8", "onnx", "keras")
-WORKER_CLASSES = {"gevent": "service.worker.ServiceWorker", "sync": "service.worker.SyncServiceWorker"}
-
-ENVIRONMENT = {
-    "models_dir": "MODELS_DIR",
-    "default_model": "DEFAULT_MODEL",
-    "runtime": "MODEL_RUNTIME",
-    "max_upload_bytes": "MAX_UPLOAD_BYTES",
-    "max_image_pixels": "MAX_IMAGE_PIXELS",
-    "max_decode_bytes": "MAX_DECODE_BYTES",
-    "max_request_pixels": "MAX_REQUEST_PIXELS",
-    "max_images_per_request": "MAX_IMAGES_PER_REQUEST",
-    "max_header_bytes": "MAX_HEADER_BYTES",
-    "max_buffered_bytes": "MAX_BUFFERED_BYTES",
-    "min_upload_rate": "MIN_UPLOAD_RATE",
-    "default_top_k": "DEFAULT_TOP_K",
-    "reload_interval_seconds": "MODEL_RELOAD_SECONDS",
-    "host": "HOST",
-    "port": "PORT",
-    "access_log": "ACCESS_LOG",
-    "workers": "WEB_CONCURRENCY",
-    "worker_class": "WORKER_CLASS",
-    "worker_connections": "WORKER_CONNECTIONS",
-    "header_timeout_seconds": "HEADER_TIMEOUT_SECONDS",
-    "body_timeout_seconds": "BODY_TIMEOUT_SECONDS",
-    "keepalive_seconds": "KEEPALIVE_SECONDS",
-    "drain_seconds": "DRAIN_SECONDS",
-    "graceful_timeout_seconds": "GRACEFUL_TIMEOUT_SECONDS",
-    "worker_timeout_seconds": "WORKER_TIMEOUT_SECONDS",
-    "input_monitoring": "INPUT_MONITORING",
-    "low_confidence_threshold": "LOW_CONFIDENCE_THRESHOLD",
-    "drift_window_images": "DRIFT_WINDOW_IMAGES",
-    "feedback_token": "FEEDBACK_TOKEN",
-    "feedback_dir": "FEEDBACK_DIR",
-    "database_url": "DATABASE_URL",
-    "feedback_rate_per_minute": "FEEDBACK_RATE_PER_MINUTE",
-    "feedback_max_items": "FEEDBACK_MAX_ITEMS",
-    "retain_predictions": "RETAIN_PREDICTIONS",
-    "retain_max_bytes": "RETAIN_MAX_BYTES",
-    "retain_max_age_seconds": "RETAIN_MAX_AGE_SECONDS",
-}
+    @property
+    def shutdown_seconds(self) -> int:
+        """The master's limit after SIGTERM (gunicorn's graceful_timeout): the drain, then requests in flight."""
+        return math.ceil(self.drain_seconds + self.graceful_timeout_seconds)
 
 
-def _parse(name: str, raw: str, kind: type):
-    try:
-        if kind is bool:
-            if raw.lower() not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
-                raise ValueError(raw)
-            return raw.lower() in ("1", "true", "yes", "on")
-        if kind is type(Path()) or issubclass(kind, Path):
-            return Path(raw)
-        return kind(raw)
-    except ValueError:
-        raise ValueError(f"{ENVIRONMENT[name]}={raw!r} is not a valid {kind.__name__}") from None
+ENVIRONMENT = {item.name: item.env for item in declared(Settings)}
+
+
+if __name__ == "__main__":
+    sys.stdout.write(markdown_table(Settings))

@@ -269,7 +269,7 @@ class RequestGuards:
     """What the service's workers add to gunicorn's handling of one request: a chunked body read whole and
     bounded before the app sees it, and every error gunicorn itself answers rendered as the service's JSON."""
 
-    settings: Settings
+    settings: Settings  # the master's, handed over by gunicorn.conf.py's pre_fork hook
 
     def handle_request(self, listener_name, req, sock, addr):
         if isinstance(getattr(req.body, "reader", None), ChunkedReader):
@@ -302,7 +302,6 @@ class ServiceWorker(RequestGuards, GeventWorker):
     slot: int | None = None
 
     def init_process(self):
-        self.settings = Settings.from_env()
         self.budget = BufferBudget(self.settings.max_buffered_bytes)
         return_large_allocations_to_the_system()
         self.draining = False
@@ -333,7 +332,7 @@ class ServiceWorker(RequestGuards, GeventWorker):
         for connection in list(self.connections):
             if connection.phase == "idle":
                 connection.greenlet.kill(ConnectionIdle, block=False)
-        deadline = time.monotonic() + self.settings.graceful_timeout_seconds
+        deadline = time.monotonic() + self.settings.graceful_timeout_seconds  # the master allows drain + this
         while any(server.pool.free_count() != server.pool.size for server in servers):
             if time.monotonic() >= deadline:
                 self.log.warning("Worker graceful timeout (pid:%s)", self.pid)
@@ -399,7 +398,6 @@ class SyncServiceWorker(RequestGuards, SyncWorker):
     serves one request at a time, so its memory is one request's whatever the budget."""
 
     def init_process(self):
-        self.settings = Settings.from_env()
         return_large_allocations_to_the_system()
         super().init_process()
 

@@ -7,6 +7,8 @@ import os
 import sys
 from pathlib import Path
 
+from training.settings import TrainingSettings
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter out of the progress
 
 
@@ -17,19 +19,20 @@ def _positive(text: str) -> int:
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(settings: TrainingSettings) -> argparse.ArgumentParser:
+    """The flags, with their defaults from ``settings`` (the environment; training/settings.py)."""
     from training.datasets import SPECS
-    from training.feedback import DEFAULT_CAP, DEFAULT_WEIGHT
 
     parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
-    parser.add_argument("--models-dir", type=Path, default=Path(os.environ.get("MODELS_DIR", "models")),
-                        help="where versions are published (env MODELS_DIR; default: models)")
+    parser.add_argument("--models-dir", type=Path, default=settings.models_dir,
+                        help="where versions are published (env MODELS_DIR; default: %(default)s)")
     commands = parser.add_subparsers(dest="command", required=True)
+    data_dir = {"type": Path, "default": settings.data_dir,
+                "help": "local copy of the data (env DATA_DIR); default: Keras cache, then Keras download"}
 
     train = commands.add_parser("train", help="train a dataset's MLP, evaluate it on the test split, publish it")
     train.add_argument("dataset", choices=sorted(SPECS))
-    train.add_argument("--data-dir", type=Path, default=os.environ.get("DATA_DIR") or None,
-                       help="local copy of the data (env DATA_DIR); default: Keras cache, then Keras download")
+    train.add_argument("--data-dir", **data_dir)
     train.add_argument("--epochs", type=_positive)
     train.add_argument("--seed", type=int)
     train.add_argument("--train-limit", type=_positive, help="train on this many images only (quick runs)")
@@ -38,31 +41,33 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("evaluate", help="re-measure a published version on the test split")
     evaluate.add_argument("dataset", choices=sorted(SPECS))
     evaluate.add_argument("--version", type=int, help="default: the current version")
-    evaluate.add_argument("--data-dir", type=Path, default=os.environ.get("DATA_DIR") or None)
+    evaluate.add_argument("--data-dir", **data_dir)
 
     versions = commands.add_parser("versions", help="list published versions and their test accuracy")
     versions.add_argument("dataset", choices=sorted(SPECS))
 
     retrain = commands.add_parser("retrain", help="train a candidate; promote it only if it is at least as good")
     retrain.add_argument("dataset", choices=sorted(SPECS))
-    retrain.add_argument("--data-dir", type=Path, default=os.environ.get("DATA_DIR") or None)
-    retrain.add_argument("--tolerance", type=float, default=float(os.environ.get("RETRAIN_TOLERANCE", "0")),
-                         help="promote if accuracy >= champion's - this (env RETRAIN_TOLERANCE; default 0)")
-    retrain.add_argument("--keep", type=_positive, default=int(os.environ.get("KEEP_VERSIONS", "5")),
-                         help="versions to keep; the current one is never deleted (env KEEP_VERSIONS; default 5)")
-    retrain.add_argument("--epochs", type=_positive)
+    retrain.add_argument("--data-dir", **data_dir)
+    retrain.add_argument("--tolerance", type=float, default=settings.tolerance,
+                         help="promote if accuracy >= champion's - this (env RETRAIN_TOLERANCE; default %(default)s)")
+    retrain.add_argument("--keep", type=_positive, default=settings.keep_versions,
+                         help="versions to keep; the current one is never deleted (env KEEP_VERSIONS; default "
+                              "%(default)s)")
+    retrain.add_argument("--epochs", type=_positive, default=settings.retrain_epochs)
     retrain.add_argument("--seed", type=int, help="default: a new seed each run")
     retrain.add_argument("--train-limit", type=_positive)
     retrain.add_argument("--test-limit", type=_positive)
-    retrain.add_argument("--feedback-dir", default=os.environ.get("FEEDBACK_DIR") or None,
-                         help="the service's feedback folder (default: FEEDBACK_DIR, else <models-dir>/.feedback)")
-    retrain.add_argument("--database-url", default=os.environ.get("DATABASE_URL") or None,
-                         help="the feedback database, when not the folder's SQLite file (default: DATABASE_URL)")
-    retrain.add_argument("--feedback-weight", type=float,
-                         default=float(os.environ.get("FEEDBACK_WEIGHT", DEFAULT_WEIGHT)),
-                         help="loss weight of a feedback image relative to a public one (default: %(default)s)")
-    retrain.add_argument("--feedback-cap", type=int, default=int(os.environ.get("FEEDBACK_CAP", DEFAULT_CAP)),
-                         help="use at most this many of the newest feedback images (default: %(default)s)")
+    retrain.add_argument("--feedback-dir", type=Path, default=settings.feedback_folder,
+                         help="the service's feedback folder (env FEEDBACK_DIR; default: %(default)s)")
+    retrain.add_argument("--database-url", default=settings.database_url or None,
+                         help="the feedback database, when not the folder's SQLite file (env DATABASE_URL)")
+    retrain.add_argument("--feedback-weight", type=float, default=settings.feedback_weight,
+                         help="loss weight of a feedback image relative to a public one (env FEEDBACK_WEIGHT; "
+                              "default: %(default)s)")
+    retrain.add_argument("--feedback-cap", type=int, default=settings.feedback_cap,
+                         help="use at most this many of the newest feedback images (env FEEDBACK_CAP; default: "
+                              "%(default)s)")
     retrain.add_argument("--no-feedback", action="store_true", help="train on the public data only")
 
     rollback = commands.add_parser("rollback", help="point 'current' back at an older version")
@@ -73,15 +78,23 @@ def build_parser() -> argparse.ArgumentParser:
                                     "made before it existed")
     reference.add_argument("dataset", choices=sorted(SPECS))
     reference.add_argument("--version", type=int, help="default: every published version")
-    reference.add_argument("--data-dir", type=Path, default=os.environ.get("DATA_DIR") or None)
+    reference.add_argument("--data-dir", **data_dir)
 
-    schedule = commands.add_parser("schedule", help="retrain on a schedule until stopped (settings: README)")
+    schedule = commands.add_parser("schedule", help="retrain on a schedule until stopped (settings: "
+                                                    "docs/training.md)")
     schedule.add_argument("--once", action="store_true", help="run one round now and exit")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    from contract.config import SettingError
+
+    try:
+        settings = TrainingSettings.from_env()
+    except SettingError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    args = build_parser(settings).parse_args(argv)
     from training.datasets import DatasetError
     from training.publish import PublishError
 
@@ -100,9 +113,7 @@ def main(argv: list[str] | None = None) -> int:
 
             versions_command(args.dataset, args.models_dir)
         elif args.command == "retrain":
-            from training.retrain import retrain_recording_failures
-
-            from training.retrain import FeedbackOptions
+            from training.retrain import FeedbackOptions, retrain_recording_failures
 
             feedback = None if args.no_feedback else FeedbackOptions(
                 args.feedback_dir, args.database_url, args.feedback_weight, args.feedback_cap)
@@ -126,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "schedule":
             from training.schedule import main as schedule_main
 
-            return schedule_main(once=args.once)
+            return schedule_main(settings, once=args.once)
     except (DatasetError, PublishError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

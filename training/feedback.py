@@ -8,17 +8,12 @@ and the production set is the same for the candidate and the champion it is comp
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from contract.layout import FEEDBACK_FOLDER
-
-DEFAULT_WEIGHT = 1.0  # loss weight of a feedback image relative to a public training image
-DEFAULT_CAP = 20_000  # at most this many (newest) feedback images are used
-DEFAULT_PRODUCTION_FRACTION = 0.2  # held out of training as the production evaluation set
+PRODUCTION_FRACTION = 0.2  # held out of training as the production evaluation set
 SPLIT_SEED = 0
 
 
@@ -44,16 +39,9 @@ def in_production_set(image_id: str, fraction: float, seed: int = SPLIT_SEED) ->
     return int.from_bytes(digest[:8], "big") / 2**64 < fraction
 
 
-def feedback_location(models_dir: Path, feedback_dir: str | os.PathLike | None,
-                      database_url: str | None) -> tuple[Path, str | None]:
-    """Where the service keeps feedback: FEEDBACK_DIR (default <models>/.feedback) and DATABASE_URL."""
-    folder = Path(feedback_dir) if feedback_dir else Path(models_dir) / FEEDBACK_FOLDER
-    return folder, database_url or None
-
-
 def load_feedback(name: str, classes: list[str] | tuple[str, ...], image_shape: tuple[int, ...], folder: Path,
-                  database_url: str | None = None, weight: float = DEFAULT_WEIGHT, cap: int = DEFAULT_CAP,
-                  production_fraction: float = DEFAULT_PRODUCTION_FRACTION) -> FeedbackData:
+                  database_url: str | None, weight: float, cap: int,
+                  production_fraction: float = PRODUCTION_FRACTION) -> FeedbackData:
     """The model's stored feedback; empty (and nothing created) when there is no store."""
     shape = tuple(image_shape)
     nothing = FeedbackData(np.zeros((0, *shape), np.uint8), np.zeros(0, np.int64),

@@ -13,30 +13,24 @@ from pathlib import Path
 
 from contract.layout import append_history, current_version, list_versions
 from training.datasets import load_dataset
-from training.feedback import (
-    DEFAULT_CAP,
-    DEFAULT_PRODUCTION_FRACTION,
-    DEFAULT_WEIGHT,
-    feedback_location,
-    load_feedback,
-)
+from training.feedback import PRODUCTION_FRACTION, load_feedback
 from training.pipeline import evaluate_version, make_config, publish_result, version_accuracy
 from training.publish import PublishError, prune_versions, set_current
+from training.settings import TrainingSettings
 from training.train import train_and_evaluate
 
-DEFAULT_TOLERANCE = 0.0  # a candidate may be this much less accurate (absolute) and still be promoted
-DEFAULT_KEEP_VERSIONS = 5
+DEFAULTS = TrainingSettings()  # the defaults of the settings declared in training/settings.py
 
 
 @dataclass(frozen=True)
 class FeedbackOptions:
     """Where the service's feedback is (FEEDBACK_DIR, DATABASE_URL) and how much of it training uses."""
 
-    folder: str | None = None  # default: <models>/.feedback
+    folder: Path | None = None  # default: the models folder's own (contract.config.Locations)
     database_url: str | None = None
-    weight: float = DEFAULT_WEIGHT
-    cap: int = DEFAULT_CAP
-    production_fraction: float = DEFAULT_PRODUCTION_FRACTION
+    weight: float = DEFAULTS.feedback_weight
+    cap: int = DEFAULTS.feedback_cap
+    production_fraction: float = PRODUCTION_FRACTION
 
 
 @dataclass(frozen=True)
@@ -84,8 +78,8 @@ def retrain(
     name: str,
     models_dir: Path,
     data_dir: Path | None = None,
-    tolerance: float = DEFAULT_TOLERANCE,
-    keep_versions: int = DEFAULT_KEEP_VERSIONS,
+    tolerance: float = DEFAULTS.tolerance,
+    keep_versions: int = DEFAULTS.keep_versions,
     report: Callable[[str], None] = print,
     feedback: FeedbackOptions | None = FeedbackOptions(),
     **overrides,
@@ -95,9 +89,10 @@ def retrain(
     dataset = load_dataset(name, data_dir)
     production_data = None
     if feedback is not None:
-        folder, url = feedback_location(models_dir, feedback.folder, feedback.database_url)
-        production_data = load_feedback(name, dataset.spec.classes, dataset.spec.image_shape, folder, url,
-                                        feedback.weight, feedback.cap, feedback.production_fraction)
+        folder = feedback.folder or TrainingSettings(models_dir=models_dir).feedback_folder
+        production_data = load_feedback(name, dataset.spec.classes, dataset.spec.image_shape, folder,
+                                        feedback.database_url, feedback.weight, feedback.cap,
+                                        feedback.production_fraction)
         if production_data.empty:
             production_data = None
     if overrides.get("seed") is None:

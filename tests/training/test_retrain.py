@@ -13,7 +13,9 @@ from training.pipeline import make_config, train_and_publish
 from contract.layout import current_version, list_versions, read_history
 from training.publish import version_metadata
 from training.retrain import decide_promotion, retrain, rollback
-from training.schedule import RetrainScheduler, ScheduleSettings, parse_interval
+from contract.config import parse_interval
+from training.schedule import RetrainScheduler
+from training.settings import TrainingSettings
 
 CHAMPION = dict(epochs=3, hidden_units=(64, 32), train_limit=4000, test_limit=1000, validation_size=500, seed=0)
 WEAK = dict(epochs=1, hidden_units=(8,), train_limit=300, test_limit=1000, validation_size=60, seed=0)
@@ -86,16 +88,20 @@ def test_interval_and_cron_schedules():
     with pytest.raises(ValueError):
         parse_interval("soon")
     start = datetime(2026, 1, 1, 10, 30, tzinfo=timezone.utc)
-    assert ScheduleSettings(cron="0 3 * * *").next_run(start) == datetime(2026, 1, 2, 3, 0, tzinfo=timezone.utc)
-    assert ScheduleSettings(interval_seconds=60).next_run(start) == datetime(2026, 1, 1, 10, 31, tzinfo=timezone.utc)
-    with pytest.raises(ValueError):
-        ScheduleSettings.from_env({"RETRAIN_CRON": "every tuesday"})
+    cron = TrainingSettings(retrain_cron="0 3 * * *")
+    assert cron.next_run(start) == datetime(2026, 1, 2, 3, 0, tzinfo=timezone.utc)
+    every_minute = TrainingSettings.from_env({"RETRAIN_INTERVAL": "1m"})
+    assert every_minute.next_run(start) == datetime(2026, 1, 1, 10, 31, tzinfo=timezone.utc)
+    with pytest.raises(ValueError, match="RETRAIN_CRON"):
+        TrainingSettings.from_env({"RETRAIN_CRON": "every tuesday"})
+    with pytest.raises(ValueError, match="RETRAIN_INTERVAL='soon' is not a valid interval"):
+        TrainingSettings.from_env({"RETRAIN_INTERVAL": "soon"})
 
 
 def test_the_scheduler_survives_failed_runs_and_keeps_its_schedule(tmp_path):
     # An unknown dataset makes each real retrain process fail at once with exit code 2.
-    settings = ScheduleSettings(datasets=("no_such_dataset",), interval_seconds=10, max_retries=1,
-                                retry_seconds=0.001, models_dir=tmp_path)
+    settings = TrainingSettings(retrain_datasets=("no_such_dataset",), retrain_interval_seconds=10,
+                                retrain_max_retries=1, retrain_retry_delay_seconds=0.001, models_dir=tmp_path)
     sleeps = []
     scheduler = RetrainScheduler(settings, sleep=lambda seconds: sleeps.append(seconds) or False)
     scheduler.run_forever(max_rounds=2)
@@ -127,7 +133,7 @@ def test_the_production_split_is_a_fixed_share_of_ids():
 def test_no_feedback_store_means_no_feedback_and_nothing_created(tmp_path):
     from training.feedback import load_feedback
 
-    data = load_feedback("fashion_mnist", ["a", "b"], (28, 28), tmp_path / ".feedback")
+    data = load_feedback("fashion_mnist", ["a", "b"], (28, 28), tmp_path / ".feedback", None, 1.0, 100)
     assert data.empty and not (tmp_path / ".feedback").exists()
 
 
@@ -167,3 +173,21 @@ def test_stored_feedback_is_trained_on_and_judged_on_its_held_out_part(fashion, 
                     feedback=None,
                     **{**CHAMPION, "epochs": 2})
     assert plain.production is None and "production" not in read_history(models_dir, "fashion_mnist")[-1]
+
+
+def test_the_documented_training_settings_are_the_declared_ones():
+    """docs/training.md shows exactly what training/settings.py declares (python -m training.settings writes it)."""
+    from contract.config import markdown_table
+    from tests.service.test_settings import documented_table
+
+    assert documented_table("training.md") == markdown_table(TrainingSettings)
+
+
+def test_the_command_line_takes_its_defaults_from_the_settings(monkeypatch):
+    from training.__main__ import build_parser
+
+    settings = TrainingSettings.from_env({"RETRAIN_TOLERANCE": "0.01", "KEEP_VERSIONS": "3", "FEEDBACK_CAP": "7",
+                                          "MODELS_DIR": "/srv/models"})
+    args = build_parser(settings).parse_args(["retrain", "cifar10"])
+    assert (args.tolerance, args.keep, args.feedback_cap, str(args.models_dir)) == (0.01, 3, 7, "/srv/models")
+    assert str(args.feedback_dir) == "/srv/models/.feedback"

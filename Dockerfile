@@ -53,4 +53,4 @@ HEALTHCHECK --interval=15s --timeout=3s --start-period=10s --retries=3 \
 LABEL org.opencontainers.image.title="image-classifier-service" \
       org.opencontainers.image.description="Image classification over HTTP: Flask, gunicorn, ONNX Runtime" \
       org.opencontainers.image.licenses="MIT"
-CMD ["gunicorn", "-c", "service/gunicorn.conf.py"]
+CMD ["gunicorn", "-c", "service/front_door/gunicorn.conf.py"]

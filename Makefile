@@ -22,12 +22,14 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	touch $@ $(VENV)/.installed-serve
 
 serve: $(VENV)/.installed-serve
-	$(BIN)/gunicorn -c service/gunicorn.conf.py
+	$(BIN)/gunicorn -c service/front_door/gunicorn.conf.py
 
 test: $(VENV)/.installed-dev
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-fast: $(VENV)/.installed-dev
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 bench: $(VENV)/.installed-dev

@@ -3,9 +3,9 @@
     python bench/decode_costs.py [--side 4000]
 
 Each case is an image of ``side`` x ``side`` pixels, encoded in memory, then planned and decoded by the service's
-own pipeline (``service.images.plan_decode`` + ``decode_planned``) in a fresh process, so its peak RSS growth is
+own pipeline (``service.inference.images.plan_decode`` + ``decode_planned``) in a fresh process, so its peak RSS growth is
 the decode's alone. The figures size the defaults of MAX_DECODE_BYTES and MAX_REQUEST_PIXELS and the bytes per
-pixel the planner charges (``service/images.py``); the plan's own estimate is printed beside the measurement and
+pixel the planner charges (``service/inference/images.py``); the plan's own estimate is printed beside the measurement and
 must not be below it. Results go to ``bench/results/decode_costs.json``.
 """
 
@@ -79,7 +79,7 @@ def peak_rss():  # VmHWM starts afresh at exec; ru_maxrss would carry over the p
 
 
 from contract.metadata import InputSpec
-from service.images import DecodeLimits, decode_planned, plan_decode
+from service.inference.images import DecodeLimits, decode_planned, plan_decode
 data = open(sys.argv[1], "rb").read()
 spec = InputSpec((28, 28), "grayscale", True) if sys.argv[2] == "gray" else InputSpec((32, 32, 3), "rgb", False)
 unlimited = DecodeLimits(1 << 40, 1 << 40, 1 << 40)

@@ -11,8 +11,9 @@ import dataclasses
 import numpy as np
 from flask import Flask
 
+from service.app import STATE_KEY
 from service.app import create_app as create_service_app
-from service.registry import LoadedModel
+from service.inference.registry import LoadedModel
 
 
 class FixedAnswer:
@@ -28,7 +29,7 @@ class FixedAnswer:
 
 def create_app() -> Flask:
     app = create_service_app(watch=False)
-    registry = app.extensions["model_registry"]
+    registry = app.extensions[STATE_KEY].registry
     registry._models = {name: dataclasses.replace(model, runtime=FixedAnswer(model))
                         for name, model in registry.snapshot().items()}
     return app

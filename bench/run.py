@@ -120,7 +120,7 @@ class Server:
         env = {**os.environ, "PORT": str(self.port), "HOST": "127.0.0.1", "WEB_CONCURRENCY": str(workers),
                "MODELS_DIR": str(models_dir), "DRAIN_SECONDS": "0", **settings}
         env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-        command = [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "service" / "gunicorn.conf.py")]
+        command = [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "service" / "front_door" / "gunicorn.conf.py")]
         started = time.monotonic()
         self.process = subprocess.Popen(command + ([app] if app else []), cwd=ROOT, env=env,
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -213,15 +213,16 @@ def in_process_costs(images: dict, models_dir: Path, repeat: int = 300) -> dict:
 
     from flask import Request
 
-    from service import metrics
-    from service.images import decode_image, decode_pixels, inspect_image, normalize_pixels, oriented_in_mode, plan_decode
-    from service.model_monitor import ModelMonitor
-    from service.registry import ModelRegistry
+    from service.observability import metrics
+    from service.inference.images import (DecodeLimits, decode_image, decode_pixels, inspect_image, normalize_pixels,
+                                          oriented_in_mode, plan_decode)
+    from service.observability.model_monitor import ModelMonitor
+    from service.inference.registry import ModelRegistry
     from contract.ids import input_id
-    from service.inference import Classified
-    from service.protocols.native import prediction_body
+    from service.inference.classify import Classified
+    from service.protocols.native.codec import prediction_body
     from service.settings import Settings
-    from service.uploads import read_uploads
+    from service.inference.uploads import read_uploads
 
     settings = Settings.from_env()  # MODEL_RUNTIME and the limits, as the servers read them
     registry = ModelRegistry(models_dir, settings.runtime)
@@ -250,7 +251,7 @@ def in_process_costs(images: dict, models_dir: Path, repeat: int = 300) -> dict:
         werkzeug_us, _ = timed(lambda b: request_for(b).files["image"].read(), sample)
         request_us, _ = timed(request_for, sample)
 
-        limits = settings.decode_limits
+        limits = DecodeLimits.from_settings(settings)
 
         def through_pillow(data: bytes) -> np.ndarray:
             return np.asarray(oriented_in_mode(decode_image(data, settings.max_image_pixels), spec))

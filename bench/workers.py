@@ -35,7 +35,7 @@ CANDIDATES = {
     "sync": ["-k", "sync"],
     "gthread (4 threads)": ["-k", "gthread", "--threads", "4"],
     "gevent": ["-k", "gevent"],
-    "service worker": [],  # WORKER_CLASS=gevent: service.worker.ServiceWorker
+    "service worker": [],  # WORKER_CLASS=gevent: service.front_door.worker.ServiceWorker
 }
 
 
@@ -46,7 +46,7 @@ class Candidate:
                "DRAIN_SECONDS": "0", "MODELS_DIR": str(ROOT / "models")}
         env.pop("PROMETHEUS_MULTIPROC_DIR", None)
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "service" / "gunicorn.conf.py"), *arguments],
+            [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "service" / "front_door" / "gunicorn.conf.py"), *arguments],
             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:

@@ -1,72 +1,78 @@
-"""``create_app(settings)``: wires the model registry, routes, metrics and error handling into a Flask app."""
+"""``create_app(settings)``: builds one worker's state and hands it to every blueprint, error handler and metric.
+
+The wiring, and only the wiring: the registry and the monitor, the inference path with what it needs passed in,
+the feedback store when feedback is on, then each protocol's routes, the operations endpoints and the pages.
+"""
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 
 import orjson
 from flask import Flask, g, request
 from flask.json.provider import JSONProvider
 
-from service import inference, metrics
-from service.errors import register_error_handlers
-from service.feedback import RateLimit, Retention
-from service.feedback import blueprint as feedback_blueprint
 from contract.feedback_store import FeedbackStore
-from service.protocols import PROTOCOLS, protocol_of
-from service.model_monitor import ModelMonitor
-from service.pages import register_pages
-from service.registry import ModelRegistry
-from service.routes import api
+from service.feedback import routes as feedback_routes
+from service.feedback.retention import Retention
+from service.http import operations
+from service.web import pages
+from service.http.errors import register_error_handlers
+from service.http.state import AppState
+from service.inference.classify import Inference
+from service.inference.images import DecodeLimits
+from service.inference.registry import ModelRegistry
+from service.observability import metrics
+from service.observability.model_monitor import ModelMonitor
+from service.protocols import protocol_of
+from service.protocols.kserve_v2 import routes as kserve_v2_routes
+from service.protocols.native import routes as native_routes
+from service.protocols.tf_serving import routes as tf_serving_routes
 from service.settings import Settings
+
+STATE_KEY = "image_classifier"  # the one app.extensions key: the AppState, for the front door's drain
 
 
 def create_app(settings: Settings | None = None, watch: bool = True) -> Flask:
     """Build the app with the published models loaded (each gunicorn worker does this before it accepts a
     connection, so no request meets a half-started worker); with ``watch``, new versions are picked up."""
     settings = settings or Settings.from_env()
-    app = Flask(__name__)
+    state = build_state(settings, watch)
+    app = Flask(__name__, static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes
     app.json = OrjsonProvider(app)
-    app.extensions["settings"] = settings
-    # Set by the worker on SIGTERM (service/worker.py): /readyz answers 503 while requests are still served.
-    app.extensions["draining"] = threading.Event()
-
-    inference.monitor = ModelMonitor(settings.input_monitoring, settings.low_confidence_threshold,
-                                     settings.drift_window_images, metrics.multiprocess_dir())
-    registry = ModelRegistry(settings.models_dir, settings.runtime)
-    app.extensions["model_registry"] = registry
-    registry.refresh()
-    if watch:
-        registry.start(settings.reload_interval_seconds)
-        inference.monitor.start(settings.reload_interval_seconds)
-
-    inference.retention = None
-    if settings.feedback_enabled:
-        store = FeedbackStore(settings.feedback_folder, settings.database_url or None)
-        app.extensions["feedback_store"] = store
-        app.extensions["feedback_rate"] = RateLimit(settings.feedback_rate_per_minute)
-        if settings.retain_predictions:
-            inference.retention = Retention(store, settings.retain_max_bytes, settings.retain_max_age_seconds)
-
-    app.register_blueprint(api)
-    app.register_blueprint(feedback_blueprint)
-    register_pages(app)
-    for protocol in PROTOCOLS:
-        app.register_blueprint(protocol.blueprint)
-    register_error_handlers(app, lambda path: protocol_of(path).error_body)
+    app.extensions[STATE_KEY] = state
+    for blueprint in (operations.blueprint, feedback_routes.blueprint, pages.blueprint,
+                      kserve_v2_routes.blueprint, tf_serving_routes.blueprint, native_routes.blueprint):
+        app.register_blueprint(blueprint(state))
+    register_error_handlers(app, settings, lambda path: protocol_of(path).error_body)
     for phase in ("header", "body"):  # at zero from the start, so the first 408 is an increase (metrics.py)
         metrics.series(metrics.CLIENT_TIMEOUTS, phase)
     _observe_requests(app)
-    logging.getLogger("service").setLevel(logging.INFO)
+    logging.getLogger("service").setLevel(settings.log_level.upper())
     return app
+
+
+def build_state(settings: Settings, watch: bool) -> AppState:
+    monitor = ModelMonitor(settings.input_monitoring, settings.low_confidence_threshold,
+                           settings.drift_window_images, metrics.multiprocess_dir())
+    registry = ModelRegistry(settings.models_dir, settings.runtime)
+    registry.refresh()
+    if watch:
+        registry.start(settings.reload_interval_seconds)
+        monitor.start(settings.reload_interval_seconds)
+    store = FeedbackStore(settings.feedback_folder, settings.database_url or None) \
+        if settings.feedback_enabled else None
+    retention = Retention(store, settings.retain_max_bytes, settings.retain_max_age_seconds) \
+        if store is not None and settings.retain_predictions else None
+    inference = Inference(DecodeLimits.from_settings(settings), monitor, keep_inputs=retention.keep if retention else None)
+    return AppState(settings, registry, monitor, inference, store)
 
 
 class OrjsonProvider(JSONProvider):
     """Flask's JSON through orjson: a prediction body is built and encoded in a third of the standard library's
-    time (``make bench`` prints both), a visible share of a sub-millisecond request. Keys keep their order."""
+    time (docs/performance.md), a visible share of a sub-millisecond request. Keys keep their order."""
 
     OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
 

@@ -2,7 +2,7 @@
 
 Each setting is declared once, below: its variable, type, default, bounds and what it does. The configuration
 table in docs/operations.md is ``python -m service.settings``'s output (a test keeps them equal); gunicorn's own
-settings are derived from these in service/gunicorn.conf.py.
+settings are derived from these in service/front_door/gunicorn.conf.py.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from contract.reference import LOW_CONFIDENCE_THRESHOLD
 
 MIB = 1024 * 1024
 RUNTIME_CHOICES = ("auto", "onnx_int8", "onnx", "keras")
-WORKER_CLASSES = {"gevent": "service.worker.ServiceWorker", "sync": "service.worker.SyncServiceWorker"}
+WORKER_CLASSES = {"gevent": "service.front_door.worker.ServiceWorker",
+                  "sync": "service.front_door.worker.SyncServiceWorker"}
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
@@ -104,13 +105,6 @@ class Settings(Locations):
         if self.max_buffered_bytes < self.max_upload_bytes + self.max_header_bytes:
             raise SettingError("MAX_BUFFERED_BYTES must hold at least one whole request: MAX_UPLOAD_BYTES + "
                                "MAX_HEADER_BYTES")
-
-    @property
-    def decode_limits(self):
-        """The limits ``service.images`` checks before decoding (imported here: the master loads no Pillow)."""
-        from service.images import DecodeLimits
-
-        return DecodeLimits(self.max_image_pixels, self.max_decode_bytes, self.max_request_pixels)
 
     @property
     def feedback_enabled(self) -> bool:

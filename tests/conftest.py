@@ -140,7 +140,7 @@ class GunicornServer:
         # The log goes to a file: a pipe nobody reads while the server runs could fill up and block it.
         self.log_file = tempfile.TemporaryFile("w+")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "service" / "gunicorn.conf.py")],
+            [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "service" / "front_door" / "gunicorn.conf.py")],
             cwd=ROOT, env=self.env, stdout=self.log_file, stderr=subprocess.STDOUT, text=True,
         )
         deadline = time.monotonic() + timeout

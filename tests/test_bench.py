@@ -66,7 +66,7 @@ def test_the_peers_shared_classifier_agrees_with_the_service_on_real_images(fash
     import sys
 
     from bench.run import served_model_file
-    from service.registry import ModelRegistry
+    from service.inference.registry import ModelRegistry
     from tests.conftest import png_bytes
 
     monkeypatch.setenv("PEER_MODEL", str(served_model_file(SHIPPED_MODELS, "fashion_mnist")))

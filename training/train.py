@@ -48,7 +48,7 @@ class TrainingConfig:
         return dataclasses.asdict(self)
 
 
-# Recipes measured to reach the README's figures within 15 minutes on a 2-core CPU.
+# The shipped recipes; docs/training.md has their measured figures and training times.
 DEFAULT_CONFIGS = {
     "fashion_mnist": TrainingConfig("fashion_mnist", epochs=60, hidden_units=(1024, 512), dropout=0.2,
                                     label_smoothing=0.0, max_shift=1, validation_size=3000),

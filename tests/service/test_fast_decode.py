@@ -7,17 +7,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service import fast_decode
+from service.inference import fast_decode
 from service.errors import InvalidImage
 from contract.metadata import InputSpec
-from service.images import decode_image, normalize_image, plan_decode, prepare_image
+from service.inference.images import DecodeLimits, decode_image, normalize_image, plan_decode, prepare_image
 from service.settings import Settings
 from tests.conftest import png_bytes
 
 GRAY = InputSpec((28, 28), "grayscale", invert_light_background=True)
 RGB = InputSpec((32, 32, 3), "rgb", invert_light_background=False)
 LIMIT = Settings().max_image_pixels
-LIMITS = Settings().decode_limits
+LIMITS = DecodeLimits.from_settings(Settings())
 
 
 def through_pillow(data: bytes, spec: InputSpec) -> np.ndarray:
@@ -119,7 +119,7 @@ def test_corrupt_and_truncated_files_are_invalid_images(fashion):
 
 def test_the_pixel_limit_is_checked_on_the_header_before_decoding(fashion):
     from service.errors import ImageTooLarge
-    from service.images import DecodeLimits
+    from service.inference.images import DecodeLimits
 
     with pytest.raises(ImageTooLarge, match="MAX_IMAGE_PIXELS"):
         plan_decode(png_bytes(fashion.x_test[0]), GRAY, DecodeLimits(28 * 28 - 1, 1 << 30, 1 << 30))

@@ -18,20 +18,22 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from service.errors import ClientError
-from service.feedback import parse_label
+from service.feedback.labels import parse_label
 from contract.metadata import InputSpec
-from service.images import inspect_image
-from service.inference import check_pixels
-from service.protocols import kserve_v2, native, tf_serving
-from service.protocols.common import whole_number
-from service.registry import ModelRegistry
+from service.inference.images import DecodeLimits, inspect_image
+from service.inference.classify import check_pixels
+from service.inference.uploads import whole_number
+from service.protocols.kserve_v2 import codec as kserve_v2
+from service.protocols.native import codec as native
+from service.protocols.tf_serving import codec as tf_serving
+from service.inference.registry import ModelRegistry
 from service.settings import Settings
-from service.uploads import read_form
+from service.inference.uploads import read_form
 from tests.conftest import SHIPPED_MODELS
 
 FUZZ = settings(max_examples=300, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-LIMITS = Settings().decode_limits
+LIMITS = DecodeLimits.from_settings(Settings())
 
 # Any JSON value, with the keys the protocols look for among the random ones.
 KEYS = st.sampled_from(["inputs", "outputs", "name", "datatype", "shape", "data", "parameters", "id",

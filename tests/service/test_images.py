@@ -8,14 +8,14 @@ from PIL import Image
 
 from service.errors import ImageTooLarge, InvalidImage, UnsupportedMediaType
 from contract.metadata import InputSpec
-from service.images import decode_image, has_light_background, normalize_image, prepare_image
+from service.inference.images import DecodeLimits, decode_image, has_light_background, normalize_image, prepare_image
 from service.settings import Settings
 from tests.conftest import png_bytes
 
 GRAY = InputSpec((28, 28), "grayscale", invert_light_background=True)
 RGB = InputSpec((32, 32, 3), "rgb", invert_light_background=False)
 LIMIT = Settings().max_image_pixels
-LIMITS = Settings().decode_limits
+LIMITS = DecodeLimits.from_settings(Settings())
 
 
 @pytest.fixture(scope="module")

@@ -15,16 +15,16 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
 from contract.metadata import InputSpec
-from service.images import inspect_image
+from service.inference.images import DecodeLimits, inspect_image
 from service.settings import Settings
-from service.metrics import state_families
+from service.observability.metrics import state_families
 from contract.reference import Reference, population_stability_index, reference_profile
-from service.monitoring import DriftWindow
+from service.observability.drift import DriftWindow
 from tests.conftest import SHIPPED_MODELS, GunicornServer, png_bytes
 from contract.layout import current_version
 
 GRAY = InputSpec((28, 28), "grayscale", True)
-LIMITS = Settings().decode_limits
+LIMITS = DecodeLimits.from_settings(Settings())
 
 
 # --- pure parts -----------------------------------------------------------------------------------------------
@@ -96,7 +96,7 @@ def test_counting_in_memory_then_writing_equals_observing_each_value():
     """write_histogram writes through prometheus-client's internals; this catches a version that moves them."""
     from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
-    from service.model_monitor import write_histogram
+    from service.observability.model_monitor import write_histogram
 
     values = [0.0, 0.05, 0.1, 0.1000001, 0.5, 0.99, 1.0, 3.0]
     direct_registry, pending_registry = CollectorRegistry(), CollectorRegistry()

@@ -16,7 +16,7 @@ from openapi_spec_validator import validate
 from PIL import Image
 
 from service.app import create_app
-from service.openapi import error_codes
+from service.web.openapi import error_codes
 from service.settings import Settings
 from tests.conftest import ROOT, SHIPPED_MODELS, png_bytes
 

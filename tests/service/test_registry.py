@@ -7,7 +7,7 @@ import pytest
 
 from contract.layout import METADATA_FILE, current_version
 from service.errors import UnknownModel
-from service.registry import ModelRegistry, VersionRefused, load_version
+from service.inference.registry import ModelRegistry, VersionRefused, load_version
 from tests.conftest import SHIPPED_MODELS, copy_current_version, publish_copy
 
 

@@ -32,10 +32,11 @@ def test_bad_values_name_the_variable(environ, message):
 def test_the_front_door_defaults_and_worker_class():
     settings = Settings.from_env({})
     assert (settings.workers, settings.worker_class, settings.worker_connections) == (2, "gevent", 1000)
-    assert settings.gunicorn_worker_class == "service.worker.ServiceWorker"
+    assert settings.gunicorn_worker_class == "service.front_door.worker.ServiceWorker"
     assert (settings.header_timeout_seconds, settings.body_timeout_seconds, settings.keepalive_seconds) == (10, 30, 65)
     assert (settings.drain_seconds, settings.graceful_timeout_seconds, settings.worker_timeout_seconds) == (5, 20, 30)
-    assert Settings.from_env({"WORKER_CLASS": "sync"}).gunicorn_worker_class == "service.worker.SyncServiceWorker"
+    sync = Settings.from_env({"WORKER_CLASS": "sync"})
+    assert sync.gunicorn_worker_class == "service.front_door.worker.SyncServiceWorker"
 
 
 def test_the_front_door_settings_are_read_from_the_environment():
@@ -71,10 +72,10 @@ def test_the_gunicorn_config_takes_every_front_door_setting_from_the_environment
                         "WORKER_TIMEOUT_SECONDS": "45", "DRAIN_SECONDS": "1.5", "GRACEFUL_TIMEOUT_SECONDS": "10",
                         "PORT": "9123", "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics")}.items():
         monkeypatch.setenv(name, value)
-    config = runpy.run_path(str(Path(__file__).resolve().parents[2] / "service" / "gunicorn.conf.py"))
+    config = runpy.run_path(str(Path(__file__).resolve().parents[2] / "service" / "front_door" / "gunicorn.conf.py"))
     assert (config["workers"], config["worker_connections"], config["keepalive"], config["timeout"]) == (3, 77, 5, 45)
     assert config["graceful_timeout"] == 12 and config["bind"] == "127.0.0.1:9123"
-    assert config["worker_class"] == "service.worker.ServiceWorker"
+    assert config["worker_class"] == "service.front_door.worker.ServiceWorker"
 
 
 def documented_table(guide: str) -> str:

@@ -4,7 +4,7 @@ import pytest
 from flask import Flask
 
 from service.errors import InvalidUpload, MissingImage, TooManyImages, UnsupportedMediaType
-from service.uploads import read_uploads
+from service.inference.uploads import read_uploads
 
 BOUNDARY = "testboundary42"
 

@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from service.settings import Settings
-from service.worker import (
+from service.front_door.worker import (
     ConnectionCounts,
     ConnectionIdle,
     HeaderTimeout,

@@ -1,4 +1,4 @@
-"""The native protocol: ``POST /predict`` with multipart or raw image uploads, answered with top-k JSON.
+"""The native protocol's codec: query parameters in, top-k JSON out (no Flask; the routes are in routes.py).
 
 ``include=input`` adds each image as the model saw it, a base64 PNG of the normalized pixels.
 """
@@ -8,20 +8,15 @@ from __future__ import annotations
 import base64
 
 import numpy as np
-from flask import Blueprint, current_app, jsonify, request
 
-from service import errors
-from service.errors import InvalidParameter
-from service.images import encode_model_input
-from service.inference import Classified, classify_images
-from service.protocols.common import served_model, whole_number
-from service.registry import LoadedModel
-from service.uploads import read_uploads
+from service.errors import InvalidParameter, error_body  # noqa: F401 - error_body: the native error shape
+from service.inference.classify import Classified
+from service.inference.images import encode_model_input
+from service.inference.registry import LoadedModel
+from service.inference.uploads import whole_number
 
 NAME = "native"
 PATH_PREFIX = "/"
-blueprint = Blueprint("native", __name__)
-error_body = errors.error_body  # {"error": {"code": ..., "message": ...}}
 
 
 def parse_top_k(raw: str | None, model: LoadedModel, default: int) -> int:
@@ -68,14 +63,3 @@ def input_body(pixels: np.ndarray) -> dict:
     height, width = pixels.shape[:2]
     return {"width": width, "height": height, "mode": "L" if pixels.ndim == 2 else "RGB",
             "png_base64": base64.b64encode(encode_model_input(pixels)).decode()}
-
-
-@blueprint.post("/predict")
-def predict():
-    settings = current_app.extensions["settings"]
-    model = served_model(request.args.get("model", settings.default_model))
-    top_k = parse_top_k(request.args.get("top_k"), model, settings.default_top_k)
-    include = parse_include(request.args.get("include"))
-    uploads = read_uploads(request, settings.max_images_per_request, settings.max_upload_bytes)
-    classified = classify_images(model, uploads, settings.decode_limits)
-    return jsonify(prediction_body(model, classified, top_k, "input" in include))

@@ -1,4 +1,6 @@
-"""KServe V2 / Open Inference Protocol, REST: what Triton, KServe, Seldon and tritonclient speak.
+"""KServe V2 / Open Inference Protocol, REST: the codec (no Flask; the routes are in routes.py).
+
+What Triton, KServe, Seldon and tritonclient speak.
 
 A model takes one of two inputs: ``pixels``, an FP32 tensor ``[batch, 28, 28]`` or ``[batch, 32, 32, 3]``
 with values in [0, 1], or ``image``, a BYTES tensor of encoded image files (PNG, JPEG, ...) that go through the
@@ -23,12 +25,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import orjson
-from flask import Blueprint, Response, current_app, jsonify, request
 
 from service.errors import ClientError, InvalidTensor, TooManyImages
-from service.inference import Classified, classify_images, classify_pixels
-from service.protocols.common import message_error_body, ready_to_serve, served_model, whole_number
-from service.registry import LoadedModel
+from service.inference.classify import Classified
+from service.inference.registry import LoadedModel
+from service.inference.uploads import whole_number
+from service.protocols.common import message_error_body
 
 NAME = "kserve_v2"
 PATH_PREFIX = "/v2"
@@ -38,10 +40,6 @@ PIXELS_INPUT, IMAGE_INPUT, OUTPUT = "pixels", "image", "probabilities"
 PLATFORMS = {"onnx": "onnxruntime_onnx", "onnx_int8": "onnxruntime_onnx", "keras": "keras"}
 HEADER_LENGTH = "Inference-Header-Content-Length"
 MAX_SHAPE_RANK = 8  # a batch of 32x32x3 images has 4 dimensions; NumPy stops at 64
-
-blueprint = Blueprint("kserve_v2", __name__, url_prefix=PATH_PREFIX)
-
-
 error_body = message_error_body
 
 
@@ -282,60 +280,3 @@ def model_metadata(model: LoadedModel) -> dict:
                    {"name": IMAGE_INPUT, "datatype": "BYTES", "shape": [-1]}],
         "outputs": [{"name": OUTPUT, "datatype": "FP32", "shape": [-1, len(model.classes)]}],
     }
-
-
-# --- the endpoints ------------------------------------------------------------------------------------------
-
-@blueprint.get("")
-def server_metadata():
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        server_version = version(SERVER_NAME)
-    except PackageNotFoundError:
-        server_version = "unknown"
-    return jsonify({"name": SERVER_NAME, "version": server_version, "extensions": EXTENSIONS})
-
-
-@blueprint.get("/health/live")
-def live():
-    return jsonify({"live": True})
-
-
-@blueprint.get("/health/ready")
-def ready():
-    is_ready = ready_to_serve()
-    # The protocol answers readiness with the status alone: 200 true, a 4xx false.
-    return jsonify({"ready": is_ready}), 200 if is_ready else 400
-
-
-@blueprint.get("/models/<name>")
-@blueprint.get("/models/<name>/versions/<version>")
-def show_model(name: str, version: str | None = None):
-    return jsonify(model_metadata(served_model(name, version)))
-
-
-@blueprint.get("/models/<name>/ready")
-@blueprint.get("/models/<name>/versions/<version>/ready")
-def model_ready(name: str, version: str | None = None):
-    model = served_model(name, version)
-    return jsonify({"name": model.name, "ready": True})
-
-
-@blueprint.post("/models/<name>/infer")
-@blueprint.post("/models/<name>/versions/<version>/infer")
-def infer(name: str, version: str | None = None):
-    model = served_model(name, version)
-    settings = current_app.extensions["settings"]
-    parsed = parse_infer_request(request.get_data(cache=False), request.headers.get(HEADER_LENGTH),
-                                 settings.max_images_per_request)
-    if parsed.input.datatype == "BYTES":
-        if not parsed.input.value:
-            raise InvalidTensor(f"input {IMAGE_INPUT!r} holds no images")
-        classified = classify_images(model, parsed.input.value, settings.decode_limits)
-    else:
-        classified = classify_pixels(model, parsed.input.value)
-    body, header_length = encode_infer_response(model, parsed.id, parsed.outputs, classified)
-    if header_length is None:
-        return Response(body, mimetype="application/json")
-    return Response(body, mimetype="application/octet-stream", headers={HEADER_LENGTH: str(header_length)})

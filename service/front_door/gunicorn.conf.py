@@ -36,7 +36,7 @@ loglevel = settings.log_level
 raw_env = ["OMP_NUM_THREADS=1", "OPENBLAS_NUM_THREADS=1"]
 
 if settings.worker_class == "gevent":
-    from service.worker import ConnectionCounts
+    from service.front_door.worker import ConnectionCounts
 
     # Open connections per worker, shared with the workers (they are forked from this process).
     _connection_counts = ConnectionCounts(slots=max(64, 2 * settings.workers))

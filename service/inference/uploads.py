@@ -1,15 +1,17 @@
 """The uploaded image bytes of a /predict request: multipart ``image`` fields, or a raw image body.
 
 Multipart bodies are parsed with the incremental parser of the ``multipart`` library (by Bottle's author)
-rather than ``request.files``: for one small image it takes about a third of Werkzeug's time (``make bench``
-prints both). It streams from the request, keeps only the image parts, in memory (the body is already capped by
+rather than ``request.files``, which costs several times as much for one small image (docs/performance.md has
+the figures ``make bench`` prints). It streams from the request, keeps only the image parts, in memory (the body is already capped by
 MAX_UPLOAD_BYTES), and stops at the first image over MAX_IMAGES_PER_REQUEST.
 """
 
 from __future__ import annotations
 
+import re
+from typing import BinaryIO, Protocol
+
 import multipart
-from flask import Request
 
 from service.errors import InvalidUpload, MissingImage, TooManyImages, UnsupportedMediaType
 
@@ -21,12 +23,21 @@ EXTRA_FIELDS_ALLOWED = 16  # other form fields are ignored, up to this many
 MAX_FIELD_BYTES = 1024  # a text field (a label, a model name, an id) is short
 
 
-def read_uploads(request: Request, max_images: int, max_bytes: int) -> list[bytes]:
+class Upload(Protocol):
+    """What is read of a request: its body's stream and how the body is described (a Flask request is one)."""
+
+    stream: BinaryIO
+    mimetype: str
+    mimetype_params: dict[str, str]
+    content_length: int | None
+
+
+def read_uploads(request: Upload, max_images: int, max_bytes: int) -> list[bytes]:
     """The uploaded images, in order; a client error for anything that carries none, or too many."""
     return read_form(request, max_images, max_bytes)[0]
 
 
-def read_form(request: Request, max_images: int, max_bytes: int) -> tuple[list[bytes], dict[str, str | None]]:
+def read_form(request: Upload, max_images: int, max_bytes: int) -> tuple[list[bytes], dict[str, str | None]]:
     """The uploaded images and, from a multipart body, its other text fields (None for one over
     MAX_FIELD_BYTES or not UTF-8: too long to be a label, a model name or an id)."""
     mimetype = request.mimetype
@@ -35,17 +46,17 @@ def read_form(request: Request, max_images: int, max_bytes: int) -> tuple[list[b
     return _raw_image(request), {}
 
 
-def _raw_image(request: Request) -> list[bytes]:
+def _raw_image(request: Upload) -> list[bytes]:
     mimetype = request.mimetype
     if mimetype.startswith("image/") or mimetype in RAW_BODY_TYPES:
-        return [request.get_data(cache=False)]
+        return [request.stream.read()]
     if not mimetype and not request.content_length:
         raise MissingImage(f"send an image as multipart field '{IMAGE_FIELD}' or as a raw image/* body")
     raise UnsupportedMediaType(f"Content-Type {mimetype!r} is not accepted; send multipart/form-data with "
                                f"an '{IMAGE_FIELD}' field, or a raw body with an image/* Content-Type")
 
 
-def _multipart_images(request: Request, max_images: int, max_bytes: int) -> tuple[list[bytes], dict[str, str | None]]:
+def _multipart_images(request: Upload, max_images: int, max_bytes: int) -> tuple[list[bytes], dict[str, str | None]]:
     boundary = request.mimetype_params.get("boundary")
     if not boundary:
         raise InvalidUpload("the multipart Content-Type has no boundary")
@@ -93,3 +104,12 @@ def _text_field(name: str, data: bytes) -> str | None:
         return data.decode("utf-8")
     except UnicodeDecodeError:
         return None
+
+
+DIGITS = re.compile(r"[0-9]{1,18}")  # ASCII digits only, and few enough that int() is cheap
+
+
+def whole_number(text: str | None) -> int | None:
+    """A non-negative whole number written in ASCII digits (at most 18), else None: ``int()`` alone would take
+    other scripts' digits ("³") and thousands of digits, and fail or spend its time on them."""
+    return int(text) if text is not None and DIGITS.fullmatch(text) else None

@@ -1,8 +1,8 @@
 """Direct decoding of PNG and JPEG uploads, the common case, without Pillow's per-file overhead.
 
 For a 28x28 PNG or a 32x32 JPEG, Pillow spends most of its time parsing chunks and markers in Python;
-libspng (``pyspng``) and libjpeg-turbo (``simplejpeg``) decode the same file to a NumPy array three to seven
-times faster (``make bench`` prints both).
+libspng (``pyspng``) and libjpeg-turbo (``simplejpeg``) decode the same file to a NumPy array several times
+faster (docs/performance.md has the figures ``make bench`` prints).
 
 - PNG: only small files whose pixels Pillow would give unchanged after the color-mode conversion: 8 bits,
   already in the model's mode, no transparency and no metadata that could rotate them. Everything else
@@ -32,7 +32,7 @@ JPEG_START = b"\xff\xd8\xff"
 PNG_COLOR_TYPES = {"L": 0, "RGB": 2}
 # A byte search, not a chunk walk: a false match in compressed data only means the slower path.
 PNG_CHUNKS_NEEDING_PILLOW = re.compile(rb"tRNS|eXIf|acTL|zTXt|tEXt|iTXt")
-# Larger PNGs go to Pillow, which can shrink them early (service.images) before converting their mode.
+# Larger PNGs go to Pillow, which can shrink them early (service.inference.images) before converting their mode.
 DIRECT_PNG_MAX_PIXELS = 1 << 20
 # libjpeg-turbo's colorspaces that it converts to RGB or gray itself; CMYK and YCCK need Pillow's conversion.
 JPEG_DIRECT_COLORSPACES = ("Gray", "YCbCr", "RGB")

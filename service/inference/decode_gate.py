@@ -1,8 +1,8 @@
-"""What one worker spends at once, bounded: request bytes held in memory, and large decodes.
+"""Large decodes one at a time per worker, so that other connections never wait for more than one of them.
 
-A gevent worker serves every connection from one thread, so work that runs without yielding holds up all the
-others, and memory that every connection may claim adds up. Both are bounded per worker here, and refused with
-a 503 and ``Retry-After`` past the bound, rather than queued without limit (docs/operations.md#limits).
+A gevent worker serves every connection from one thread: a decode runs without yielding and holds up all the
+others. Each image's decode is bounded (``service.inference.images``); past this gate's wait, the request is
+refused with a 503 and ``Retry-After`` rather than queued without limit (docs/operations.md#limits).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 from service.errors import ServiceBusy
 
-# A decode whose work is more than this many pixels (about 10 ms of CPU; service.images prices a decode's work)
+# A decode whose work is more than this many pixels (about 10 ms of CPU; service.inference.images prices a decode's work)
 # waits for the worker's one large-decode slot.
 HEAVY_DECODE_PIXELS = 1_000_000
 # How long a large decode waits for that slot before its request is refused with a 503.
@@ -24,7 +24,7 @@ DECODE_WAIT_SECONDS = 5.0
 class DecodeGate:
     """Large decodes one at a time per worker, each followed by a turn for every other connection.
 
-    Each image's decode is bounded (``service.images``), so a connection with a request ready waits at most one
+    Each image's decode is bounded (``service.inference.images``), so a connection with a request ready waits at most one
     large decode, whatever else is being sent. Under gevent the semaphore and ``time.sleep(0)`` are gevent's
     (gunicorn's worker patches them), so waiting here lets the other connections run.
     """
@@ -47,25 +47,3 @@ class DecodeGate:
         finally:
             self._slot.release()
             time.sleep(0)  # every other ready connection runs before this request's next image
-
-
-class BufferBudget:
-    """Bytes of requests (headers and bodies) a worker holds in memory at once, across all its connections.
-
-    A connection charges what it receives and returns it when its request is over; a charge that would take the
-    worker past ``limit_bytes`` is refused, so that request gets a 503 and the memory stays bounded however many
-    clients send at once.
-    """
-
-    def __init__(self, limit_bytes: int):
-        self.limit_bytes = limit_bytes
-        self.held = 0
-
-    def charge(self, size: int) -> bool:
-        if self.held + size > self.limit_bytes:
-            return False
-        self.held += size
-        return True
-
-    def release(self, size: int) -> None:
-        self.held = max(0, self.held - size)

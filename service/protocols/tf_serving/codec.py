@@ -1,4 +1,5 @@
-"""TensorFlow Serving's REST API: model status, metadata, ``:predict`` and ``:classify``.
+"""TensorFlow Serving's REST API, the codec (no Flask; the routes are in routes.py): model status, metadata,
+``:predict`` and ``:classify``.
 
 Instances are either pixel arrays in the model's input shape (``28 x 28`` or ``32 x 32 x 3``, values in [0, 1])
 or encoded image files as ``{"b64": "<base64>"}``, which go through the same decoding and normalization as
@@ -15,22 +16,16 @@ import binascii
 
 import numpy as np
 import orjson
-from flask import Blueprint, current_app, jsonify, request
 
-from service.errors import ClientError, InvalidTensor, NotFound, TooManyImages
-from service.inference import Classified, classify_images, classify_pixels
-from service.protocols.common import PREDICTION_IDS_HEADER, message_error_body, served_model
-from service.registry import LoadedModel
+from service.errors import ClientError, InvalidTensor, TooManyImages
+from service.inference.registry import LoadedModel
+from service.protocols.common import message_error_body
 
 NAME = "tf_serving"
 PATH_PREFIX = "/v1/"
 SIGNATURE = "serving_default"
 INPUT_NAMES = ("image", "pixels")
 OUTPUT = "probabilities"
-
-blueprint = Blueprint("tf_serving", __name__, url_prefix="/v1/models")
-
-
 error_body = message_error_body
 
 
@@ -51,6 +46,11 @@ def parse_body(body: bytes) -> dict:
     if signature != SIGNATURE:
         raise InvalidRequest(f"unknown signature_name {signature!r}; the model has '{SIGNATURE}'")
     return document
+
+
+def examples(document: dict) -> list:
+    """The instances of a ``:classify`` request."""
+    return _batch(document.get("examples"), "examples")
 
 
 def predict_items(document: dict) -> tuple[list, str]:
@@ -106,14 +106,6 @@ def _b64(item: dict) -> bytes:
         raise InvalidRequest("'b64' is not valid base64") from None
 
 
-def run(model: LoadedModel, items: list) -> Classified:
-    settings = current_app.extensions["settings"]
-    decoded = decode_instances(items, settings.max_images_per_request)
-    if isinstance(decoded, list):
-        return classify_images(model, decoded, settings.decode_limits)
-    return classify_pixels(model, decoded)
-
-
 # --- responses ----------------------------------------------------------------------------------------------
 
 def model_status(model: LoadedModel) -> dict:
@@ -140,40 +132,3 @@ def model_metadata(model: LoadedModel) -> dict:
 def classify_result(model: LoadedModel, probabilities: np.ndarray) -> list:
     """Per instance, every class as ``[label, score]``, highest score first."""
     return [[[model.classes[i], float(row[i])] for i in np.argsort(-row, kind="stable")] for row in probabilities]
-
-
-# --- the endpoints ------------------------------------------------------------------------------------------
-
-@blueprint.get("/<name>")
-@blueprint.get("/<name>/versions/<version>")
-def status(name: str, version: str | None = None):
-    return jsonify(model_status(served_model(name, version)))
-
-
-@blueprint.get("/<name>/metadata")
-@blueprint.get("/<name>/versions/<version>/metadata")
-def metadata(name: str, version: str | None = None):
-    return jsonify(model_metadata(served_model(name, version)))
-
-
-@blueprint.post("/<target>")
-@blueprint.post("/<name>/versions/<target>")
-def call(target: str, name: str | None = None):
-    """``<model>:predict`` / ``<model>:classify``, or the same after ``/versions/<version>``."""
-    head, _, verb = target.rpartition(":")
-    name, version = (head, None) if name is None else (name, head)
-    if not head or verb not in ("predict", "classify"):
-        raise NotFound("no such endpoint; POST /v1/models/<model>[/versions/<version>]:predict or :classify")
-    model = served_model(name, version)
-    document = parse_body(request.get_data(cache=False))
-    if verb == "classify":
-        classified = run(model, _batch(document.get("examples"), "examples"))
-        response = jsonify({"result": classify_result(model, classified.probabilities)})
-    else:
-        items, layout = predict_items(document)
-        classified = run(model, items)
-        probabilities = classified.probabilities.tolist()
-        response = jsonify({"predictions": probabilities} if layout == "row" else {"outputs": probabilities})
-    # The TF Serving body has no room for ids: they travel in a header, in the order of the inputs.
-    response.headers[PREDICTION_IDS_HEADER] = ",".join(classified.ids)
-    return response

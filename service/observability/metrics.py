@@ -27,7 +27,7 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import REGISTRY, Collector
 
-from service.monitoring import DriftWindow
+from service.observability.drift import DriftWindow
 
 PREFIX = "classifier"
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -48,7 +48,7 @@ MODEL_INFO = Gauge(f"{PREFIX}_model_info", "1 for the version each model serves"
 MODEL_RELOADS = Counter(f"{PREFIX}_model_reloads_total", "Model version loads by result (loaded or refused)",
                         ["model", "result"])
 
-# Monitoring: confidence, what the inputs look like (service/model_monitor.py); drift from the training data is read
+# Monitoring: confidence, what the inputs look like (service/observability/model_monitor.py); drift from the training data is read
 # at scrape time from the workers' shared windows (drift_families).
 TOP1_PROBABILITY = Histogram(f"{PREFIX}_top1_probability", "Probability of the top class, per image", ["model"],
                              buckets=(0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0))

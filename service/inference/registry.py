@@ -19,9 +19,9 @@ import numpy as np
 
 from contract.layout import current_version, published_models, sha256_file, version_dir
 from contract.metadata import InputSpec, MetadataError, VersionMetadata, read_metadata
-from service import metrics
+from service.observability import metrics
 from service.errors import NotReady, UnknownModel, UnknownVersion
-from service.runtimes import Runtime, load_runtime, resolve_kind
+from service.inference.runtimes import Runtime, load_runtime, resolve_kind
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,6 @@ class ModelRegistry:
         self._models: dict[str, LoadedModel] = {}
         self._refused: dict[str, int] = {}  # the last refused version per model, so it is not retried every poll
         self._refresh_lock = threading.Lock()
-        self._stop = threading.Event()
         self.initial_load_done = threading.Event()
         self.errors: dict[str, str] = {}
 
@@ -178,14 +177,9 @@ class ModelRegistry:
         return thread
 
     def _watch(self, interval_seconds: float) -> None:
-        while not self._stop.wait(interval_seconds):
+        while True:
+            time.sleep(interval_seconds)
             try:
                 self.refresh()
             except Exception:  # keep watching whatever happens: the next poll may succeed
                 log.exception("model refresh failed")
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def wait_until_loaded(self, timeout: float | None = None) -> bool:
-        return self.initial_load_done.wait(timeout)

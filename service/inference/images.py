@@ -30,7 +30,8 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from contract.metadata import InputSpec
-from service import fast_decode
+from service.inference import fast_decode
+from service.settings import Settings
 from service.errors import ImageTooLarge, InvalidImage, RequestTooLarge, UnsupportedMediaType
 
 SUPPORTED_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF")
@@ -64,6 +65,10 @@ class DecodeLimits:
     max_image_pixels: int  # width x height one image may declare (MAX_IMAGE_PIXELS)
     max_decode_bytes: int  # peak memory of decoding one image (MAX_DECODE_BYTES)
     max_request_pixels: int  # pixels decoded for all images of a request (MAX_REQUEST_PIXELS)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> DecodeLimits:
+        return cls(settings.max_image_pixels, settings.max_decode_bytes, settings.max_request_pixels)
 
 
 @dataclass(frozen=True)

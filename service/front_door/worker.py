@@ -11,7 +11,7 @@ worker plus what a front door needs (docs/operations.md measures each against th
   request is closed quietly.
 - **Fairness inside a worker.** After each response the connection's greenlet waits until the event loop has
   looked at every other connection. Without it, a kept-alive connection whose next request is already waiting
-  is served again and again while others starve (p99 of 100 ms instead of 5 ms under a keep-alive load).
+  is served again and again while others starve (docs/operations.md measures the difference in p99).
 - **Balance across workers.** Kept-alive connections stay with the worker that accepted them, and an idle
   worker accepts a whole burst. A worker holding more connections than the least-loaded live worker lets a
   new connection wait a moment for another worker (at most ``MAX_ACCEPT_DEFER_SECONDS``).
@@ -44,9 +44,11 @@ from gunicorn.http.body import Body, ChunkedReader, LengthReader
 from gunicorn.workers.ggevent import GeventWorker
 from gunicorn.workers.sync import SyncWorker
 
-from service import metrics
-from service.budget import BufferBudget
+from service.app import STATE_KEY
 from service.errors import PARSE_ERRORS, BufferFull, UploadTooSlow
+from service.front_door.budget import BufferBudget
+from service.observability import metrics
+from service.protocols import protocol_of
 from service.settings import Settings
 
 MAX_ACCEPT_DEFER_SECONDS = 0.02
@@ -384,9 +386,9 @@ class ServiceWorker(RequestGuards, GeventWorker):
             gevent.spawn(self._drain)
 
     def _drain(self) -> None:
-        draining = getattr(self.wsgi, "extensions", {}).get("draining")
-        if draining is not None:
-            draining.set()  # /readyz answers 503 from now on
+        state = getattr(self.wsgi, "extensions", {}).get(STATE_KEY)
+        if state is not None:
+            state.draining.set()  # /readyz answers 503 from now on
         self.log.info("Draining for %g s before stopping (pid:%s)", self.settings.drain_seconds, self.pid)
         gevent.sleep(self.settings.drain_seconds)
         self.alive = False
@@ -496,8 +498,6 @@ def json_error_response(status: int, reason: str, code: str, message: str, path:
                         headers: dict[str, str] | None = None) -> bytes:
     """A complete HTTP response with the JSON error body of the protocol ``path`` belongs to, for a connection
     about to close."""
-    from service.protocols import protocol_of  # the wire protocols' error shapes, loaded with the app
-
     body = orjson.dumps(protocol_of(path).error_body(code, message))
     head = [f"HTTP/1.1 {status} {reason}", "Content-Type: application/json", "Connection: close",
             "X-Content-Type-Options: nosniff", f"Content-Length: {len(body)}",

@@ -2,11 +2,11 @@
 
 One ``ModelMonitor`` per worker, configured from the settings at app start. Its drift windows are per model
 version, so a newly loaded version starts a fresh window against its own reference, and shared by the workers
-(``service.monitoring.DriftWindow`` in the metrics folder): ``/metrics`` reads them at scrape time.
+(``service.observability.drift.DriftWindow`` in the metrics folder): ``/metrics`` reads them at scrape time.
 
 Why a request only queues its batch: in multiprocess mode every metric update is a locked write to a
-memory-mapped file, about 1.5 µs, an image touches a dozen values, and per-image Python on top of that cost a
-request about 50 µs, 9% of its time (measured with ``make bench``). So ``observe`` keeps a reference to the
+memory-mapped file, an image touches a dozen values, and writing them one by one per image cost a visible share
+of a request (docs/performance.md#monitoring has the figures). So ``observe`` keeps a reference to the
 batch and its answers, and every ``FLUSH_EVERY_IMAGES`` images (and at least every ``MODEL_RELOAD_SECONDS``,
 from a background thread, and before ``/metrics`` answers) ``flush`` computes the statistics of all of them at
 once with NumPy and writes each value once. The figures reach ``/metrics`` at most that much later.
@@ -16,17 +16,20 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import Counter
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
-from service import metrics
-from service.images import UploadFacts
 from contract.reference import Reference, image_statistics
-from service.monitoring import DriftWindow
-from service.registry import LoadedModel
+from service.observability import metrics
+from service.observability.drift import DriftWindow
+
+if TYPE_CHECKING:  # the monitor reads what inference hands it, and imports none of inference
+    from service.inference.images import UploadFacts
+    from service.inference.registry import LoadedModel
 
 log = logging.getLogger(__name__)
 FLUSH_EVERY_IMAGES = 32  # and the shared drift window is added to as often
@@ -67,7 +70,6 @@ class ModelMonitor:
         self._queued: list[Observation] = []
         self._queued_images = 0
         self._lock = threading.Lock()
-        self._stop = threading.Event()
 
     def observe(self, model: LoadedModel, batch: np.ndarray, probabilities: np.ndarray, predicted: list[int],
                 uploads: list[UploadFacts] | None = None) -> None:
@@ -146,7 +148,8 @@ class ModelMonitor:
     def start(self, interval_seconds: float) -> threading.Thread:
         """Flush at least every ``interval_seconds``, in a daemon thread, so quiet periods are reported too."""
         def run():
-            while not self._stop.wait(interval_seconds):
+            while True:
+                time.sleep(interval_seconds)
                 try:
                     self.flush()
                 except Exception:  # keep flushing whatever happens
@@ -155,6 +158,3 @@ class ModelMonitor:
         thread = threading.Thread(target=run, name="monitor-flush", daemon=True)
         thread.start()
         return thread
-
-    def stop(self) -> None:
-        self._stop.set()

@@ -1,0 +1,134 @@
+"""The endpoints every deployment has, whatever protocol it speaks: health, readiness, models, metrics."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from flask import Blueprint, Response, jsonify, send_file
+from sqlalchemy.exc import SQLAlchemyError
+
+from contract.layout import TIME_FORMAT, list_versions, read_history
+from service.errors import NotFound, NotReady
+from service.http.state import AppState
+from service.inference.registry import LoadedModel
+from service.observability import metrics
+
+log = logging.getLogger("service.http.operations")
+# The model card's files a client may fetch: the plots and the card itself, never the weights.
+CARD_FILE_TYPES = {".png": "image/png", ".md": "text/markdown; charset=utf-8"}
+
+
+def _served_calibration(document: dict) -> dict | None:
+    served = document.get("calibration", {}).get("served")
+    return {k: served[k] for k in ("runtime", "ece", "nll")} if served else None
+
+
+def describe_model(model: LoadedModel, detail: bool) -> dict:
+    document = model.metadata.document
+    test = document["metrics"]["test"]
+    # The float runtimes give the Keras model's results; the int8 one has its own, measured at publish time.
+    served = model.metadata.runtimes[model.runtime.kind].test_accuracy
+    served = model.metadata.test_accuracy if served is None else served
+    body = {
+        "name": model.name,
+        "version": model.version,
+        "runtime": model.runtime.kind,
+        "classes": model.classes,
+        "input": document["input"],
+        "preprocessing": document["preprocessing"],
+        "metrics": {"test_accuracy": test["accuracy"], "served_test_accuracy": served,
+                    "test_samples": test["samples"], "macro_f1": test.get("macro_f1"),
+                    # As served: ECE and NLL of the runtime's own probabilities on the test split.
+                    "calibration": _served_calibration(document),
+                    "production": document["metrics"].get("production")},
+        "created_at": document.get("created_at"),
+        "loaded_at": time.strftime(TIME_FORMAT, time.gmtime(model.loaded_at)),
+    }
+    if detail:
+        body["metrics"] = {"test": test, "served_test_accuracy": served,
+                           "validation": document["metrics"].get("validation"),
+                           "calibration": _served_calibration(document),
+                           "production": document["metrics"].get("production")}
+        body["calibration"] = document.get("calibration")
+        body["training"] = {k: v for k, v in document["training"].items() if k != "history"}
+        body["data"] = document["data"]
+        body["runtimes"] = document["runtimes"]
+        body["libraries"] = document.get("libraries")
+    return body
+
+
+def blueprint(state: AppState) -> Blueprint:
+    routes = Blueprint("operations", __name__)
+    registry = state.registry
+
+    @routes.get("/models")
+    def list_models():
+        if not registry.initial_load_done.is_set():
+            raise NotReady("models are still loading")
+        return jsonify({"default_model": state.settings.default_model,
+                        "models": [describe_model(m, detail=False) for m in registry.snapshot().values()]})
+
+    @routes.get("/models/<name>")
+    def show_model(name: str):
+        model = state.served_model(name)
+        body = describe_model(model, detail=True)
+        body["available_versions"] = list_versions(registry.models_dir, name)
+        if name in registry.errors:
+            body["last_refused"] = registry.errors[name]
+        return jsonify(body)
+
+    @routes.get("/models/<name>/files/<filename>")
+    def model_file(name: str, filename: str):
+        """A file of the served version's model card (``confusion_matrix.png``, ``learning_curves.png``, ...)."""
+        model = state.served_model(name)
+        suffix = filename[filename.rfind("."):] if "." in filename else ""
+        if filename not in model.metadata.files or suffix not in CARD_FILE_TYPES:
+            card_files = [f for f in model.metadata.files if f[f.rfind("."):] in CARD_FILE_TYPES]
+            raise NotFound(f"{name} v{model.version} has no card file {filename!r}; it has {', '.join(card_files)}")
+        return send_file((model.path / filename).resolve(), mimetype=CARD_FILE_TYPES[suffix], max_age=3600)
+
+    @routes.get("/models/<name>/history")
+    def model_history(name: str):
+        """Every promotion, refusal and rollback of the model, newest first."""
+        model = state.served_model(name)
+        return jsonify({"model": model.name, "current_version": model.version,
+                        "events": read_history(registry.models_dir, model.name)[::-1]})
+
+    @routes.get("/healthz")
+    def healthz():
+        return jsonify({"status": "ok"})
+
+    @routes.get("/readyz")
+    def readyz():
+        ready = state.ready()
+        models = {name: model.version for name, model in registry.snapshot().items()}
+        status = "ready" if ready else "draining" if state.draining.is_set() else "not_ready"
+        body = {"status": status, "models": models}
+        if registry.errors:
+            body["refused"] = registry.errors
+        return jsonify(body), 200 if ready else 503
+
+    @routes.get("/metrics")
+    def prometheus_metrics():
+        state.monitor.flush()  # this worker's figures are current; the others' at most a flush interval old
+        payload, content_type = metrics.render_metrics(scrape_time_families(state))
+        return Response(payload, content_type=content_type)
+
+    return routes
+
+
+def scrape_time_families(state: AppState) -> list:
+    """What /metrics reads from shared state when it is scraped: readiness, retraining from each model's
+    history, drift from the workers' shared windows, and feedback from the store."""
+    served = state.registry.snapshot()
+    histories = {name: read_history(state.registry.models_dir, name) for name in served}
+    families = metrics.state_families(state.ready(), histories)
+    families += metrics.drift_families([(model.name, window) for model, window
+                                        in state.monitor.drift_windows(list(served.values()))])
+    if state.feedback_store is not None:
+        try:
+            families += metrics.feedback_families([state.feedback_store.stats(name) for name in served])
+        except SQLAlchemyError as error:  # the other metrics matter more than these: scrape without them
+            log.warning("feedback metrics left out, the feedback database is unavailable: %s", error)
+    return families

@@ -1,0 +1,40 @@
+"""One worker's app state, built once by ``create_app`` and handed to every blueprint that needs it.
+
+Every endpoint reaches what it serves with through this one object, passed to its blueprint's factory; nothing is
+a module global or a string key looked up at request time.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+from flask import g
+
+from contract.feedback_store import FeedbackStore
+from service.inference.classify import Inference
+from service.inference.registry import LoadedModel, ModelRegistry
+from service.observability.model_monitor import ModelMonitor
+from service.settings import Settings
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    registry: ModelRegistry
+    monitor: ModelMonitor
+    inference: Inference
+    feedback_store: FeedbackStore | None = None  # with FEEDBACK_TOKEN set
+    # Set by the worker on SIGTERM (service/front_door/worker.py): /readyz answers 503 while requests are served.
+    draining: threading.Event = field(default_factory=threading.Event)
+
+    def ready(self) -> bool:
+        """Models loaded and no drain under way: what every readiness endpoint answers."""
+        return self.registry.ready and not self.draining.is_set()
+
+    def served_model(self, name: str, version: str | None = None) -> LoadedModel:
+        """The model (and, if named, version) a request asks for; labels the request's metrics with it."""
+        g.model_label = "unknown"
+        model = self.registry.get(name, version)
+        g.model_label = model.name
+        return model

@@ -1,0 +1,93 @@
+"""The one inference path every protocol calls: encoded images or pixel tensors in, probabilities out.
+
+Protocols (``service/protocols/``) only translate their wire format to these calls and the probabilities back;
+decoding, normalization, validation of pixel tensors, the runtime call, the per-model metrics and the monitor
+live here, once. One ``Inference`` per worker, built by the app with what it needs passed in.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import NamedTuple
+
+import numpy as np
+
+from contract.ids import input_id
+from service.errors import InvalidTensor
+from service.inference.decode_gate import DecodeGate
+from service.inference.images import DecodeLimits, UploadFacts, decode_planned, plan_batch
+from service.inference.registry import LoadedModel
+from service.observability import metrics
+from service.observability.model_monitor import ModelMonitor
+
+# Called after each classified batch with (model, inputs, ids, predicted classes), e.g. to retain inputs for
+# feedback by id (service.feedback.retention); never allowed to fail the prediction it follows.
+KeepInputs = Callable[[LoadedModel, np.ndarray, list[str], list[int]], None]
+
+
+class Classified(NamedTuple):
+    """What the model saw (normalization explains many answers), what it answered, and each input's id: the
+    SHA-256 of its normalized pixels, by which feedback can name the prediction."""
+
+    inputs: np.ndarray
+    probabilities: np.ndarray
+    ids: list[str]
+
+
+class Inference:
+    def __init__(self, limits: DecodeLimits, monitor: ModelMonitor, decode_gate: DecodeGate | None = None,
+                 keep_inputs: KeepInputs | None = None):
+        self.limits = limits
+        self.monitor = monitor
+        self.decode_gate = decode_gate or DecodeGate()
+        self.keep_inputs = keep_inputs
+
+    def classify_images(self, model: LoadedModel, images: list[bytes]) -> Classified:
+        """Encoded image files (PNG, JPEG, ...) -> (len(images), classes) probabilities, through the same
+        decoding and normalization as every upload. Every image's header is read and the request's cost checked
+        against the limits before the first one is decoded."""
+        started = time.perf_counter()
+        prepared = []
+        for plan in plan_batch(images, model.input_spec, self.limits):
+            with self.decode_gate.decoding(plan.work):
+                prepared.append(decode_planned(plan, model.input_spec))
+        batch = prepared[0][0][np.newaxis] if len(prepared) == 1 else np.stack([array for array, _ in prepared])
+        return self._predict(model, batch, started, [facts for _, facts in prepared])
+
+    def classify_pixels(self, model: LoadedModel, pixels: np.ndarray) -> Classified:
+        """A float32 batch already in the model's input shape, values in [0, 1] -> probabilities."""
+        started = time.perf_counter()
+        return self._predict(model, check_pixels(model, pixels), started)
+
+    def _predict(self, model: LoadedModel, batch: np.ndarray, started: float,
+                 uploads: list[UploadFacts] | None = None) -> Classified:
+        prepared = time.perf_counter()
+        probabilities = model.runtime.predict(batch)
+        inferred = time.perf_counter()
+        metrics.series(metrics.DECODE_DURATION, model.name).observe(prepared - started)
+        metrics.series(metrics.INFERENCE_DURATION, model.name).observe(inferred - prepared)
+        metrics.series(metrics.IMAGES_PER_REQUEST, model.name).observe(len(batch))
+        predicted = probabilities.argmax(axis=1).tolist()
+        for index in predicted:
+            metrics.series(metrics.PREDICTIONS, model.name, model.classes[index]).inc()
+        self.monitor.observe(model, batch, probabilities, predicted, uploads)
+        ids = [input_id(pixels) for pixels in batch]
+        if self.keep_inputs is not None:
+            self.keep_inputs(model, batch, ids, predicted)
+        return Classified(batch, probabilities, ids)
+
+
+def check_pixels(model: LoadedModel, pixels: np.ndarray) -> np.ndarray:
+    """The batch as the model takes it, or a client error saying what is wrong with it."""
+    shape = model.input_spec.shape
+    if pixels.ndim == len(shape) and pixels.shape == shape:
+        pixels = pixels[np.newaxis]  # one image without its batch dimension
+    if pixels.shape[1:] != shape or len(pixels) == 0:
+        expected = "x".join(str(n) for n in shape)
+        raise InvalidTensor(f"pixels of shape {list(pixels.shape)} do not fit model {model.name!r}, which takes "
+                            f"a batch of {expected} images: shape [batch, {', '.join(map(str, shape))}]")
+    pixels = np.ascontiguousarray(pixels, dtype=np.float32)
+    if not np.isfinite(pixels).all() or pixels.min() < 0 or pixels.max() > 1:
+        raise InvalidTensor("pixel values must be finite and within [0, 1] (the image scaled by 1/255)")
+    return pixels

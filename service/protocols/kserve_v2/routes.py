@@ -1,0 +1,74 @@
+"""The KServe V2 endpoints under ``/v2`` (the codec is codec.py)."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, jsonify, request
+
+from service.errors import InvalidTensor
+from service.http.state import AppState
+from service.protocols.kserve_v2.codec import (
+    EXTENSIONS,
+    HEADER_LENGTH,
+    IMAGE_INPUT,
+    PATH_PREFIX,
+    SERVER_NAME,
+    encode_infer_response,
+    model_metadata,
+    parse_infer_request,
+)
+
+
+
+def blueprint(state: AppState) -> Blueprint:
+    routes = Blueprint("kserve_v2", __name__, url_prefix=PATH_PREFIX)
+    settings = state.settings
+
+    @routes.get("")
+    def server_metadata():
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            server_version = version(SERVER_NAME)
+        except PackageNotFoundError:
+            server_version = "unknown"
+        return jsonify({"name": SERVER_NAME, "version": server_version, "extensions": EXTENSIONS})
+
+    @routes.get("/health/live")
+    def live():
+        return jsonify({"live": True})
+
+    @routes.get("/health/ready")
+    def ready():
+        is_ready = state.ready()
+        # The protocol answers readiness with the status alone: 200 true, a 4xx false.
+        return jsonify({"ready": is_ready}), 200 if is_ready else 400
+
+    @routes.get("/models/<name>")
+    @routes.get("/models/<name>/versions/<version>")
+    def show_model(name: str, version: str | None = None):
+        return jsonify(model_metadata(state.served_model(name, version)))
+
+    @routes.get("/models/<name>/ready")
+    @routes.get("/models/<name>/versions/<version>/ready")
+    def model_ready(name: str, version: str | None = None):
+        model = state.served_model(name, version)
+        return jsonify({"name": model.name, "ready": True})
+
+    @routes.post("/models/<name>/infer")
+    @routes.post("/models/<name>/versions/<version>/infer")
+    def infer(name: str, version: str | None = None):
+        model = state.served_model(name, version)
+        parsed = parse_infer_request(request.get_data(cache=False), request.headers.get(HEADER_LENGTH),
+                                     settings.max_images_per_request)
+        if parsed.input.datatype == "BYTES":
+            if not parsed.input.value:
+                raise InvalidTensor(f"input {IMAGE_INPUT!r} holds no images")
+            classified = state.inference.classify_images(model, parsed.input.value)
+        else:
+            classified = state.inference.classify_pixels(model, parsed.input.value)
+        body, header_length = encode_infer_response(model, parsed.id, parsed.outputs, classified)
+        if header_length is None:
+            return Response(body, mimetype="application/json")
+        return Response(body, mimetype="application/octet-stream", headers={HEADER_LENGTH: str(header_length)})
+
+    return routes

@@ -1,0 +1,66 @@
+"""The TensorFlow Serving endpoints under ``/v1/models`` (the codec is codec.py)."""
+
+from __future__ import annotations
+
+from flask import Blueprint, jsonify, request
+
+from service.errors import NotFound
+from service.http.state import AppState
+from service.inference.classify import Classified
+from service.inference.registry import LoadedModel
+from service.protocols.common import PREDICTION_IDS_HEADER
+from service.protocols.tf_serving.codec import (
+    classify_result,
+    decode_instances,
+    examples,
+    model_metadata,
+    model_status,
+    parse_body,
+    predict_items,
+)
+
+
+
+def blueprint(state: AppState) -> Blueprint:
+    routes = Blueprint("tf_serving", __name__, url_prefix="/v1/models")
+    settings = state.settings
+
+    def run(model: LoadedModel, items: list) -> Classified:
+        decoded = decode_instances(items, settings.max_images_per_request)
+        if isinstance(decoded, list):
+            return state.inference.classify_images(model, decoded)
+        return state.inference.classify_pixels(model, decoded)
+
+    @routes.get("/<name>")
+    @routes.get("/<name>/versions/<version>")
+    def status(name: str, version: str | None = None):
+        return jsonify(model_status(state.served_model(name, version)))
+
+    @routes.get("/<name>/metadata")
+    @routes.get("/<name>/versions/<version>/metadata")
+    def metadata(name: str, version: str | None = None):
+        return jsonify(model_metadata(state.served_model(name, version)))
+
+    @routes.post("/<target>")
+    @routes.post("/<name>/versions/<target>")
+    def call(target: str, name: str | None = None):
+        """``<model>:predict`` / ``<model>:classify``, or the same after ``/versions/<version>``."""
+        head, _, verb = target.rpartition(":")
+        name, version = (head, None) if name is None else (name, head)
+        if not head or verb not in ("predict", "classify"):
+            raise NotFound("no such endpoint; POST /v1/models/<model>[/versions/<version>]:predict or :classify")
+        model = state.served_model(name, version)
+        document = parse_body(request.get_data(cache=False))
+        if verb == "classify":
+            classified = run(model, examples(document))
+            response = jsonify({"result": classify_result(model, classified.probabilities)})
+        else:
+            items, layout = predict_items(document)
+            classified = run(model, items)
+            probabilities = classified.probabilities.tolist()
+            response = jsonify({"predictions": probabilities} if layout == "row" else {"outputs": probabilities})
+        # The TF Serving body has no room for ids: they travel in a header, in the order of the inputs.
+        response.headers[PREDICTION_IDS_HEADER] = ",".join(classified.ids)
+        return response
+
+    return routes

@@ -33,10 +33,7 @@ def build_parser(settings: TrainingSettings) -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train a dataset's MLP, evaluate it on the test split, publish it")
     train.add_argument("dataset", choices=sorted(SPECS))
     train.add_argument("--data-dir", **data_dir)
-    train.add_argument("--epochs", type=_positive)
-    train.add_argument("--seed", type=int)
-    train.add_argument("--train-limit", type=_positive, help="train on this many images only (quick runs)")
-    train.add_argument("--test-limit", type=_positive, help="evaluate on this many test images only (quick runs)")
+    _add_run_options(train, epochs=None, seed_help="default: the recipe's")
 
     evaluate = commands.add_parser("evaluate", help="re-measure a published version on the test split")
     evaluate.add_argument("dataset", choices=sorted(SPECS))
@@ -49,26 +46,8 @@ def build_parser(settings: TrainingSettings) -> argparse.ArgumentParser:
     retrain = commands.add_parser("retrain", help="train a candidate; promote it only if it is at least as good")
     retrain.add_argument("dataset", choices=sorted(SPECS))
     retrain.add_argument("--data-dir", **data_dir)
-    retrain.add_argument("--tolerance", type=float, default=settings.tolerance,
-                         help="promote if accuracy >= champion's - this (env RETRAIN_TOLERANCE; default %(default)s)")
-    retrain.add_argument("--keep", type=_positive, default=settings.keep_versions,
-                         help="versions to keep; the current one is never deleted (env KEEP_VERSIONS; default "
-                              "%(default)s)")
-    retrain.add_argument("--epochs", type=_positive, default=settings.retrain_epochs)
-    retrain.add_argument("--seed", type=int, help="default: a new seed each run")
-    retrain.add_argument("--train-limit", type=_positive)
-    retrain.add_argument("--test-limit", type=_positive)
-    retrain.add_argument("--feedback-dir", type=Path, default=settings.feedback_folder,
-                         help="the service's feedback folder (env FEEDBACK_DIR; default: %(default)s)")
-    retrain.add_argument("--database-url", default=settings.database_url or None,
-                         help="the feedback database, when not the folder's SQLite file (env DATABASE_URL)")
-    retrain.add_argument("--feedback-weight", type=float, default=settings.feedback_weight,
-                         help="loss weight of a feedback image relative to a public one (env FEEDBACK_WEIGHT; "
-                              "default: %(default)s)")
-    retrain.add_argument("--feedback-cap", type=int, default=settings.feedback_cap,
-                         help="use at most this many of the newest feedback images (env FEEDBACK_CAP; default: "
-                              "%(default)s)")
-    retrain.add_argument("--no-feedback", action="store_true", help="train on the public data only")
+    _add_run_options(retrain, epochs=settings.retrain_epochs, seed_help="default: a new seed each run")
+    _add_promotion_options(retrain, settings)
 
     rollback = commands.add_parser("rollback", help="point 'current' back at an older version")
     rollback.add_argument("dataset", choices=sorted(SPECS))
@@ -86,62 +65,109 @@ def build_parser(settings: TrainingSettings) -> argparse.ArgumentParser:
     return parser
 
 
+def _add_run_options(command: argparse.ArgumentParser, epochs: int | None, seed_help: str) -> None:
+    """What a training run may override: its length, its seed, and (for quick runs) how much data it uses."""
+    command.add_argument("--epochs", type=_positive, default=epochs, help="default: the recipe's")
+    command.add_argument("--seed", type=int, help=seed_help)
+    command.add_argument("--train-limit", type=_positive, help="train on this many images only (quick runs)")
+    command.add_argument("--test-limit", type=_positive, help="evaluate on this many test images only (quick runs)")
+
+
+def _add_promotion_options(retrain: argparse.ArgumentParser, settings: TrainingSettings) -> None:
+    """How a candidate is judged and what it learns from: the tolerance, the versions kept, production feedback."""
+    retrain.add_argument("--tolerance", type=float, default=settings.tolerance,
+                         help="promote if accuracy >= champion's - this (env RETRAIN_TOLERANCE; default %(default)s)")
+    retrain.add_argument("--keep", type=_positive, default=settings.keep_versions,
+                         help="versions to keep; the current one is never deleted (env KEEP_VERSIONS; default "
+                              "%(default)s)")
+    retrain.add_argument("--feedback-dir", type=Path, default=settings.feedback_folder,
+                         help="the service's feedback folder (env FEEDBACK_DIR; default: %(default)s)")
+    retrain.add_argument("--database-url", default=settings.database_url or None,
+                         help="the feedback database, when not the folder's SQLite file (env DATABASE_URL)")
+    retrain.add_argument("--feedback-weight", type=float, default=settings.feedback_weight,
+                         help="loss weight of a feedback image relative to a public one (env FEEDBACK_WEIGHT; "
+                              "default: %(default)s)")
+    retrain.add_argument("--feedback-cap", type=int, default=settings.feedback_cap,
+                         help="use at most this many of the newest feedback images (env FEEDBACK_CAP; default: "
+                              "%(default)s)")
+    retrain.add_argument("--no-feedback", action="store_true", help="train on the public data only")
+
+
+def train(args, settings: TrainingSettings) -> int:
+    from training.pipeline import train_command
+
+    train_command(args.dataset, args.models_dir, args.data_dir, epochs=args.epochs, seed=args.seed,
+                  train_limit=args.train_limit, test_limit=args.test_limit)
+    return 0
+
+
+def evaluate(args, settings: TrainingSettings) -> int:
+    from training.pipeline import evaluate_command
+
+    evaluate_command(args.dataset, args.models_dir, args.data_dir, args.version)
+    return 0
+
+
+def versions(args, settings: TrainingSettings) -> int:
+    from training.pipeline import versions_command
+
+    versions_command(args.dataset, args.models_dir)
+    return 0
+
+
+def retrain(args, settings: TrainingSettings) -> int:
+    from training.retrain import FeedbackOptions, retrain_recording_failures
+
+    feedback = None if args.no_feedback else FeedbackOptions(
+        args.feedback_dir, args.database_url, args.feedback_weight, args.feedback_cap)
+    retrain_recording_failures(args.dataset, args.models_dir, args.data_dir, tolerance=args.tolerance,
+                               keep_versions=args.keep, feedback=feedback, epochs=args.epochs,
+                               seed=args.seed, train_limit=args.train_limit, test_limit=args.test_limit)
+    return 0
+
+
+def reference(args, settings: TrainingSettings) -> int:
+    from contract.layout import list_versions
+    from training.datasets import load_dataset
+    from training.reference import add_reference
+
+    dataset = load_dataset(args.dataset, args.data_dir)
+    for version in [args.version] if args.version else list_versions(args.models_dir, args.dataset):
+        profile = add_reference(args.models_dir, args.dataset, version, dataset)
+        print(f"{args.dataset} v{version}: reference from {profile['source']}, mean top-1 probability "
+              f"{profile['top1_probability_mean']:.3f}")
+    return 0
+
+
+def rollback(args, settings: TrainingSettings) -> int:
+    from training.retrain import rollback as roll_back
+
+    roll_back(args.dataset, args.models_dir, args.version)
+    return 0
+
+
+def schedule(args, settings: TrainingSettings) -> int:
+    from training.schedule import main as schedule_main
+
+    return schedule_main(settings, once=args.once)
+
+
+COMMANDS = {"train": train, "evaluate": evaluate, "versions": versions, "retrain": retrain,
+            "reference": reference, "rollback": rollback, "schedule": schedule}
+
+
 def main(argv: list[str] | None = None) -> int:
     from contract.config import SettingError
-
-    try:
-        settings = TrainingSettings.from_env()
-    except SettingError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    args = build_parser(settings).parse_args(argv)
     from training.datasets import DatasetError
     from training.publish import PublishError
 
     try:
-        if args.command == "train":
-            from training.pipeline import train_command
-
-            train_command(args.dataset, args.models_dir, args.data_dir, epochs=args.epochs, seed=args.seed,
-                          train_limit=args.train_limit, test_limit=args.test_limit)
-        elif args.command == "evaluate":
-            from training.pipeline import evaluate_command
-
-            evaluate_command(args.dataset, args.models_dir, args.data_dir, args.version)
-        elif args.command == "versions":
-            from training.pipeline import versions_command
-
-            versions_command(args.dataset, args.models_dir)
-        elif args.command == "retrain":
-            from training.retrain import FeedbackOptions, retrain_recording_failures
-
-            feedback = None if args.no_feedback else FeedbackOptions(
-                args.feedback_dir, args.database_url, args.feedback_weight, args.feedback_cap)
-            retrain_recording_failures(args.dataset, args.models_dir, args.data_dir, tolerance=args.tolerance,
-                                       keep_versions=args.keep, feedback=feedback, epochs=args.epochs,
-                                       seed=args.seed, train_limit=args.train_limit, test_limit=args.test_limit)
-        elif args.command == "reference":
-            from training.datasets import load_dataset
-            from contract.layout import list_versions
-            from training.reference import add_reference
-
-            dataset = load_dataset(args.dataset, args.data_dir)
-            for version in [args.version] if args.version else list_versions(args.models_dir, args.dataset):
-                profile = add_reference(args.models_dir, args.dataset, version, dataset)
-                print(f"{args.dataset} v{version}: reference from {profile['source']}, mean top-1 probability "
-                      f"{profile['top1_probability_mean']:.3f}")
-        elif args.command == "rollback":
-            from training.retrain import rollback
-
-            rollback(args.dataset, args.models_dir, args.version)
-        elif args.command == "schedule":
-            from training.schedule import main as schedule_main
-
-            return schedule_main(settings, once=args.once)
-    except (DatasetError, PublishError) as exc:
+        settings = TrainingSettings.from_env()
+        args = build_parser(settings).parse_args(argv)
+        return COMMANDS[args.command](args, settings)
+    except (SettingError, DatasetError, PublishError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    return 0
 
 
 if __name__ == "__main__":

@@ -67,68 +67,92 @@ def _activation_name(activation) -> str:
     return getattr(activation, "__name__", str(activation))
 
 
+class _PendingDense:
+    """A Dense layer not yet written, so that a BatchNormalization or an activation after it can be folded in."""
+
+    def __init__(self, graph: _GraphBuilder):
+        self.graph = graph
+        self.layer: tuple[np.ndarray, np.ndarray, str, str] | None = None  # kernel, bias, activation, name
+
+    def start(self, layer) -> None:
+        kernel = keras.ops.convert_to_numpy(layer.kernel)
+        bias = keras.ops.convert_to_numpy(layer.bias) if layer.use_bias else np.zeros(kernel.shape[1], np.float32)
+        self.layer = (kernel, bias, _activation_name(layer.activation), layer.name)
+
+    def absorbs(self, layer, kind: str) -> bool:
+        """Fold ``layer`` into the pending Dense when it can be: a BatchNormalization or an activation right after
+        a Dense without an activation of its own."""
+        if self.layer is None or self.layer[2] != "linear":
+            return False
+        kernel, bias, _, name = self.layer
+        if kind == "BatchNormalization":
+            # y = gamma * (xW + b - mean) / sqrt(var + eps) + beta, folded into W and b.
+            scale, shift = _batchnorm_affine(layer)
+            self.layer = (kernel * scale, bias * scale + shift, "linear", name)
+            return True
+        if kind == "Activation":
+            self.layer = (kernel, bias, _activation_name(layer.activation), name)
+            return True
+        return False
+
+    def flush(self) -> None:
+        if self.layer is not None:
+            kernel, bias, activation, name = self.layer
+            self.graph.op("MatMul", self.graph.constant("kernel", kernel))
+            self.graph.op("Add", self.graph.constant("bias", bias))
+            self.graph.activation(activation, name)
+            self.layer = None
+
+
 def keras_to_onnx(model: keras.Model) -> onnx.ModelProto:
     """A chain of Flatten/Normalization/Rescaling/Dense/BatchNormalization/activation/dropout layers as ONNX."""
     graph = _GraphBuilder()
-    layers = list(model.layers)
+    dense = _PendingDense(graph)
     previous = None
-    pending_dense: tuple[np.ndarray, np.ndarray, str, str] | None = None
-
-    def flush_dense() -> None:
-        nonlocal pending_dense
-        if pending_dense is not None:
-            kernel, bias, activation, layer_name = pending_dense
-            graph.op("MatMul", graph.constant("kernel", kernel))
-            graph.op("Add", graph.constant("bias", bias))
-            graph.activation(activation, layer_name)
-            pending_dense = None
-
-    for layer in layers:
+    for layer in model.layers:
         kind = type(layer).__name__
         if previous is not None and layer.input is not previous.output:
             raise ExportError(f"layer {layer.name!r} does not take the previous layer's output: only chains export")
         previous = layer
-        if kind in IDENTITY_LAYERS:
+        if kind in IDENTITY_LAYERS or dense.absorbs(layer, kind):
             continue
-        if kind == "BatchNormalization" and pending_dense is not None and pending_dense[2] == "linear":
-            # y = gamma * (xW + b - mean) / sqrt(var + eps) + beta, folded into W and b.
-            kernel, bias, _, layer_name = pending_dense
-            scale, shift = _batchnorm_affine(layer)
-            pending_dense = (kernel * scale, bias * scale + shift, "linear", layer_name)
-            continue
-        if kind == "Activation" and pending_dense is not None and pending_dense[2] == "linear":
-            pending_dense = (*pending_dense[:2], _activation_name(layer.activation), pending_dense[3])
-            continue
-        flush_dense()
+        dense.flush()
         if kind == "Dense":
-            kernel = keras.ops.convert_to_numpy(layer.kernel)
-            bias = keras.ops.convert_to_numpy(layer.bias) if layer.use_bias else np.zeros(kernel.shape[1], np.float32)
-            pending_dense = (kernel, bias, _activation_name(layer.activation), layer.name)
-        elif kind == "Flatten":
-            graph.op("Flatten", axis=1)
-        elif kind == "Normalization":
-            mean = keras.ops.convert_to_numpy(layer.mean)
-            std = np.maximum(np.sqrt(keras.ops.convert_to_numpy(layer.variance)), keras.config.epsilon())
-            graph.op("Sub", graph.constant("mean", mean.reshape(mean.shape[1:])))
-            graph.op("Div", graph.constant("std", std.reshape(std.shape[1:])))
-        elif kind == "Rescaling":
-            graph.op("Mul", graph.constant("scale", np.asarray(layer.scale)))
-            graph.op("Add", graph.constant("offset", np.asarray(layer.offset)))
-        elif kind == "BatchNormalization":
-            scale, shift = _batchnorm_affine(layer)
-            graph.op("Mul", graph.constant("bn_scale", scale))
-            graph.op("Add", graph.constant("bn_shift", shift))
-        elif kind == "Activation":
-            graph.activation(_activation_name(layer.activation), layer.name)
-        elif kind == "ReLU" and layer.max_value is None and not layer.negative_slope and not layer.threshold:
-            graph.op("Relu")
-        elif kind == "Softmax":
-            graph.op("Softmax", axis=-1)
+            dense.start(layer)
         else:
-            raise ExportError(f"layer {layer.name!r} of type {kind} is not supported by the ONNX exporter")
-    flush_dense()
+            _write_layer(graph, layer, kind)
+    dense.flush()
     graph.nodes.append(helper.make_node("Identity", [graph.current], [OUTPUT_NAME]))
+    return _onnx_model(graph, model)
 
+
+def _write_layer(graph: _GraphBuilder, layer, kind: str) -> None:
+    """Every supported layer but Dense, as ONNX nodes; anything else is refused by name."""
+    if kind == "Flatten":
+        graph.op("Flatten", axis=1)
+    elif kind == "Normalization":
+        mean = keras.ops.convert_to_numpy(layer.mean)
+        std = np.maximum(np.sqrt(keras.ops.convert_to_numpy(layer.variance)), keras.config.epsilon())
+        graph.op("Sub", graph.constant("mean", mean.reshape(mean.shape[1:])))
+        graph.op("Div", graph.constant("std", std.reshape(std.shape[1:])))
+    elif kind == "Rescaling":
+        graph.op("Mul", graph.constant("scale", np.asarray(layer.scale)))
+        graph.op("Add", graph.constant("offset", np.asarray(layer.offset)))
+    elif kind == "BatchNormalization":
+        scale, shift = _batchnorm_affine(layer)
+        graph.op("Mul", graph.constant("bn_scale", scale))
+        graph.op("Add", graph.constant("bn_shift", shift))
+    elif kind == "Activation":
+        graph.activation(_activation_name(layer.activation), layer.name)
+    elif kind == "ReLU" and layer.max_value is None and not layer.negative_slope and not layer.threshold:
+        graph.op("Relu")
+    elif kind == "Softmax":
+        graph.op("Softmax", axis=-1)
+    else:
+        raise ExportError(f"layer {layer.name!r} of type {kind} is not supported by the ONNX exporter")
+
+
+def _onnx_model(graph: _GraphBuilder, model: keras.Model) -> onnx.ModelProto:
     input_shape = ["batch", *model.input_shape[1:]]
     output_shape = ["batch", model.output_shape[-1]]
     onnx_graph = helper.make_graph(

@@ -100,9 +100,16 @@ weight {production['weight']}); {production['samples']:,} more, held out, form t
 
 
 def render_model_card(metadata: dict) -> str:
+    return (f"""# {metadata['name']} v{metadata['version']}
+
+Dense-only image classifier ({metadata['input']['color_mode']} {'x'.join(map(str, metadata['input']['shape']))}),
+{metadata['training']['parameters']:,} parameters, created {metadata['created_at']}.
+""" + results_section(metadata) + calibration_section(metadata) + production_section(metadata)
+            + training_section(metadata) + data_section(metadata))
+
+
+def results_section(metadata: dict) -> str:
     test = metadata["metrics"]["test"]
-    training = metadata["training"]
-    config = training["config"]
     onnx_report = metadata["runtimes"]["onnx"]
     int8 = metadata.get("quantization")
     if int8 is None:
@@ -116,15 +123,8 @@ def render_model_card(metadata: dict) -> str:
         f"| {c['class']} | {c['precision']:.3f} | {c['recall']:.3f} | {c['f1']:.3f} | {c['support']} |"
         for c in test["per_class"]
     )
-    layers = " -> ".join(["Flatten", "standardize"] + [f"Dense({u})-BN-ReLU-Dropout({config['dropout']})"
-                                                        for u in config["hidden_units"]] + ["Dense(10, softmax)"])
     note = metadata["data"].get("note")
-    mixup = f"MixUp alpha {config['mixup_alpha']}" if config.get("mixup_alpha") else "no MixUp"
-    return f"""# {metadata['name']} v{metadata['version']}
-
-Dense-only image classifier ({metadata['input']['color_mode']} {'x'.join(map(str, metadata['input']['shape']))}),
-{training['parameters']:,} parameters, created {metadata['created_at']}.
-
+    return f"""
 ## Test results
 Measured once, after training, on {test['samples']:,} test images: **top-1 accuracy {test['accuracy']:.2%}**,
 macro F1 {test['macro_f1']:.3f}, log loss {test['log_loss']:.3f}.
@@ -136,7 +136,16 @@ The float32 ONNX graph agrees with Keras on {onnx_report['agreement_with_keras']
 {rows}
 
 ![confusion matrix]({CONFUSION_FILE})
-{calibration_section(metadata)}{production_section(metadata)}
+"""
+
+
+def training_section(metadata: dict) -> str:
+    training = metadata["training"]
+    config = training["config"]
+    layers = " -> ".join(["Flatten", "standardize"] + [f"Dense({u})-BN-ReLU-Dropout({config['dropout']})"
+                                                        for u in config["hidden_units"]] + ["Dense(10, softmax)"])
+    mixup = f"MixUp alpha {config['mixup_alpha']}" if config.get("mixup_alpha") else "no MixUp"
+    return f"""
 ## Training
 `{layers}`
 
@@ -148,15 +157,20 @@ random shifts up to {config['max_shift']} px, {mixup}, seed {config['seed']}.
 split was not used until the end.
 
 ![learning curves]({CURVES_FILE})
+"""
 
+
+def data_section(metadata: dict) -> str:
+    data, preprocessing, spec = metadata["data"], metadata["preprocessing"], metadata["input"]
+    return f"""
 ## Data
-Source `{metadata['data']['source']}`, fingerprint `{metadata['data']['fingerprint']}`,
-{metadata['data']['train_samples']:,} train and {metadata['data']['test_samples']:,} test images.
+Source `{data['source']}`, fingerprint `{data['fingerprint']}`,
+{data['train_samples']:,} train and {data['test_samples']:,} test images.
 
 ## Input contract
-Pillow decodes the upload ({metadata['preprocessing']['decode']}), converts it to
-{metadata['input']['color_mode']}, {'inverts it when its background is light, ' if metadata['preprocessing'][
-        'invert_light_background'] else ''}fits it inside {'x'.join(map(str, metadata['input']['shape'][:2]))}
+Pillow decodes the upload ({preprocessing['decode']}), converts it to
+{spec['color_mode']}, {'inverts it when its background is light, ' if preprocessing[
+        'invert_light_background'] else ''}fits it inside {'x'.join(map(str, spec['shape'][:2]))}
 keeping the aspect ratio, and scales pixels to [0, 1]. Standardization is inside the model.
 
 ## Limits

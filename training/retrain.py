@@ -13,7 +13,7 @@ from pathlib import Path
 
 from contract.layout import append_history, current_version, list_versions
 from training.datasets import load_dataset
-from training.feedback import PRODUCTION_FRACTION, load_feedback
+from training.feedback import PRODUCTION_FRACTION, FeedbackData, load_feedback
 from training.pipeline import evaluate_version, make_config, publish_result, version_accuracy
 from training.publish import PublishError, prune_versions, set_current
 from training.settings import TrainingSettings
@@ -87,14 +87,7 @@ def retrain(
     """Train a candidate, compare it with the current version on the same test images (and production set),
     publish, maybe promote. ``feedback=None`` ignores stored feedback."""
     dataset = load_dataset(name, data_dir)
-    production_data = None
-    if feedback is not None:
-        folder = feedback.folder or TrainingSettings(models_dir=models_dir).feedback_folder
-        production_data = load_feedback(name, dataset.spec.classes, dataset.spec.image_shape, folder,
-                                        feedback.database_url, feedback.weight, feedback.cap,
-                                        feedback.production_fraction)
-        if production_data.empty:
-            production_data = None
+    production_data = stored_feedback(name, dataset, models_dir, feedback)
     if overrides.get("seed") is None:
         overrides["seed"] = int(time.time()) % 2**31  # a fresh candidate each run unless a seed is given
     config = make_config(name, **overrides)
@@ -102,20 +95,12 @@ def retrain(
 
     result = train_and_evaluate(dataset, config, report, production_data)
     champion_accuracy = None
-    production = None
     if champion_version is not None:
         # Same images as the candidate: the champion is re-measured, not trusted from its metadata.
         champion = evaluate_version(models_dir, name, dataset, champion_version,
                                     test_count=result.test_metrics["samples"])
         champion_accuracy = champion["measured"]["accuracy"]
-    if "production" in result.extra:
-        production = {"samples": result.extra["production"]["samples"],
-                      "candidate": result.extra["production"]["accuracy"], "champion": None,
-                      "train_samples": result.extra["production"]["train_samples"],
-                      "weight": result.extra["production"]["weight"]}
-        if champion_version is not None:
-            production["champion"] = version_accuracy(models_dir, name, champion_version,
-                                                      production_data.x_production, production_data.y_production)
+    production = production_comparison(result, production_data, models_dir, name, champion_version)
     decision = decide_promotion(
         result.test_metrics["accuracy"], champion_accuracy, tolerance,
         (production["candidate"], production["champion"]) if production and production["champion"] is not None
@@ -139,6 +124,30 @@ def retrain(
            f"({decision.reason}){'; pruned v' + ', v'.join(map(str, pruned)) if pruned else ''}")
     return RetrainOutcome(published.version, decision.promote, decision.reason, candidate_accuracy,
                           champion_version, champion_accuracy, pruned, production)
+
+
+def stored_feedback(name: str, dataset, models_dir: Path, feedback: FeedbackOptions | None) -> FeedbackData | None:
+    """The model's production feedback, split for training and judging; None without any (or when ignored)."""
+    if feedback is None:
+        return None
+    folder = feedback.folder or TrainingSettings(models_dir=models_dir).feedback_folder
+    data = load_feedback(name, dataset.spec.classes, dataset.spec.image_shape, folder, feedback.database_url,
+                         feedback.weight, feedback.cap, feedback.production_fraction)
+    return None if data.empty else data
+
+
+def production_comparison(result, production_data: FeedbackData | None, models_dir: Path, name: str,
+                          champion_version: int | None) -> dict | None:
+    """The candidate's and the champion's accuracy on the held-out production set, when there is one."""
+    if "production" not in result.extra:
+        return None
+    figures = result.extra["production"]
+    production = {"samples": figures["samples"], "candidate": figures["accuracy"], "champion": None,
+                  "train_samples": figures["train_samples"], "weight": figures["weight"]}
+    if champion_version is not None:
+        production["champion"] = version_accuracy(models_dir, name, champion_version,
+                                                  production_data.x_production, production_data.y_production)
+    return production
 
 
 def retrain_recording_failures(name: str, models_dir: Path, *args, **kwargs) -> RetrainOutcome:

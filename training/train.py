@@ -111,6 +111,55 @@ def channel_statistics(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mean.astype(np.float32), std.astype(np.float32)
 
 
+@dataclass(frozen=True)
+class Splits:
+    """A run's images: training (less the validation hold-out), validation, test (uint8, as loaded)."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+
+
+def split(dataset: Dataset, config: TrainingConfig) -> Splits:
+    """A seeded shuffle of the training split, cut into training and a validation hold-out; the test split's
+    first ``test_limit`` images (all of them by default)."""
+    order = np.random.default_rng(config.seed).permutation(len(dataset.x_train))
+    if config.train_limit:
+        order = order[:config.train_limit]
+    validation_size = min(config.validation_size, len(order) // 5)
+    validation_idx, train_idx = order[:validation_size], order[validation_size:]
+    test_count = config.test_limit or len(dataset.x_test)
+    return Splits(dataset.x_train[train_idx], dataset.y_train[train_idx], dataset.x_train[validation_idx],
+                  dataset.y_train[validation_idx], dataset.x_test[:test_count], dataset.y_test[:test_count])
+
+
+def with_feedback(x_train: np.ndarray, y_train: np.ndarray, feedback: FeedbackData | None,
+                  report: Callable[[str], None]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """The training images with production feedback appended, and per-image loss weights (None: all equal)."""
+    if feedback is None or not len(feedback.y_train):
+        return x_train, y_train, None
+    weights = np.concatenate([np.ones(len(y_train), np.float32),
+                              np.full(len(feedback.y_train), feedback.weight, np.float32)])
+    report(f"feedback: {len(feedback.y_train)} production images added (loss weight {feedback.weight}), "
+           f"{len(feedback.y_production)} held out")
+    return np.concatenate([x_train, feedback.x_train]), np.concatenate([y_train, feedback.y_train]), weights
+
+
+def compile_for(model: keras.Model, config: TrainingConfig, train_count: int) -> None:
+    """AdamW with weight decay on a cosine schedule with a short warm-up, over the run's steps."""
+    steps = config.epochs * math.ceil(train_count / config.batch_size)
+    schedule = keras.optimizers.schedules.CosineDecay(
+        0.0, decay_steps=steps, warmup_target=config.learning_rate, warmup_steps=max(1, steps // 20))
+    model.compile(
+        optimizer=keras.optimizers.AdamW(schedule, weight_decay=config.weight_decay),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
+        metrics=["accuracy"],
+    )
+
+
 def train_and_evaluate(dataset: Dataset, config: TrainingConfig, report: Callable[[str], None] = print,
                        feedback: FeedbackData | None = None) -> TrainingResult:
     """Train on the training split (less a validation hold-out), then evaluate once on the test split.
@@ -121,81 +170,64 @@ def train_and_evaluate(dataset: Dataset, config: TrainingConfig, report: Callabl
     started = time.monotonic()
     keras.utils.set_random_seed(config.seed)
     _make_deterministic()
-
-    order = np.random.default_rng(config.seed).permutation(len(dataset.x_train))
-    if config.train_limit:
-        order = order[:config.train_limit]
-    validation_size = min(config.validation_size, len(order) // 5)
-    validation_idx, train_idx = order[:validation_size], order[validation_size:]
-    x_train, y_train = dataset.x_train[train_idx], dataset.y_train[train_idx]
-    x_val, y_val = dataset.x_train[validation_idx], dataset.y_train[validation_idx]
-    test_count = config.test_limit or len(dataset.x_test)
-    x_test, y_test = dataset.x_test[:test_count], dataset.y_test[:test_count]
-
-    mean, std = channel_statistics(x_train)
-    model = build_mlp(dataset.spec.name, dataset.spec.image_shape, len(dataset.spec.classes),
-                      config.hidden_units, config.dropout, mean, std)
-    weights = None
-    if feedback is not None and len(feedback.y_train):
-        weights = np.concatenate([np.ones(len(y_train), np.float32),
-                                  np.full(len(feedback.y_train), feedback.weight, np.float32)])
-        x_train = np.concatenate([x_train, feedback.x_train])
-        y_train = np.concatenate([y_train, feedback.y_train])
-        report(f"feedback: {len(feedback.y_train)} production images added (loss weight {feedback.weight}), "
-               f"{len(feedback.y_production)} held out")
-    batches = training_batches(x_train, y_train, len(dataset.spec.classes), config.batch_size, config.seed,
-                               config.flip, config.max_shift, config.mixup_alpha, weights)
-    steps = config.epochs * math.ceil(len(x_train) / config.batch_size)
-    schedule = keras.optimizers.schedules.CosineDecay(
-        0.0, decay_steps=steps, warmup_target=config.learning_rate, warmup_steps=max(1, steps // 20))
-    model.compile(
-        optimizer=keras.optimizers.AdamW(schedule, weight_decay=config.weight_decay),
-        loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
-        metrics=["accuracy"],
-    )
-    report(f"training {dataset.spec.name}: {len(x_train)} train / {len(x_val)} validation / {len(x_test)} test "
-           f"images, {model.count_params():,} parameters, {config.epochs} epochs")
-    validation_data = (to_model_input(x_val), keras.utils.to_categorical(y_val, 10)) if len(x_val) else None
+    data = split(dataset, config)
+    mean, std = channel_statistics(data.x_train)
+    classes = dataset.spec.classes
+    model = build_mlp(dataset.spec.name, dataset.spec.image_shape, len(classes), config.hidden_units,
+                      config.dropout, mean, std)
+    x_train, y_train, weights = with_feedback(data.x_train, data.y_train, feedback, report)
+    batches = training_batches(x_train, y_train, len(classes), config.batch_size, config.seed, config.flip,
+                               config.max_shift, config.mixup_alpha, weights)
+    compile_for(model, config, len(x_train))
+    report(f"training {dataset.spec.name}: {len(x_train)} train / {len(data.x_val)} validation / "
+           f"{len(data.x_test)} test images, {model.count_params():,} parameters, {config.epochs} epochs")
+    validation_data = (to_model_input(data.x_val), keras.utils.to_categorical(data.y_val, len(classes))) \
+        if len(data.x_val) else None
     fit = model.fit(batches, epochs=config.epochs, validation_data=validation_data, verbose=0, shuffle=False,
                     callbacks=[ProgressLine(config.epochs, report)])
-
-    test_inputs = to_model_input(x_test)
-    calibration = None
-    if validation_data is not None:
-        calibration = calibrate(model, validation_data[0], y_val, test_inputs, y_test)
-    test_probabilities = model.predict(test_inputs, batch_size=1000, verbose=0)
-    validation_metrics = None
-    if validation_data is not None:
-        val_probabilities = model.predict(validation_data[0], batch_size=1000, verbose=0)
-        validation_metrics = classification_metrics(y_val, val_probabilities, dataset.spec.classes)
-        calibration["validation"]["after"] = calibration_figures(y_val, val_probabilities)
-        calibration["test"]["after"] = calibration_figures(y_test, test_probabilities)
-        report(f"calibration: temperature {calibration['temperature']:.4f}, validation ECE "
-               f"{calibration['validation']['before']['ece']:.4f} -> {calibration['validation']['after']['ece']:.4f}")
-    extra = {}
-    if feedback is not None and len(feedback.y_production):
-        production = model.predict(to_model_input(feedback.x_production), batch_size=1000, verbose=0)
-        extra["production"] = {
-            "samples": int(len(feedback.y_production)),
-            "accuracy": float(np.mean(production.argmax(axis=1) == feedback.y_production)),
-            "train_samples": int(len(feedback.y_train)),
-            "weight": feedback.weight,
-            "source": feedback.source,
-        }
+    measured = measure(model, data, classes, report)
     return TrainingResult(
         model=model,
         config=config,
         history={k: [float(v) for v in values] for k, values in fit.history.items() if k != "learning_rate"},
-        test_metrics=classification_metrics(y_test, test_probabilities, dataset.spec.classes),
-        validation_metrics=validation_metrics,
-        test_inputs=test_inputs,
-        test_labels=y_test,
-        test_probabilities=test_probabilities,
         standardization={"mean": np.atleast_1d(mean).tolist(), "std": np.atleast_1d(std).tolist()},
         duration_seconds=time.monotonic() - started,
-        calibration=calibration,
-        extra=extra,
+        extra={"production": production_figures(model, feedback)} if feedback is not None and len(
+            feedback.y_production) else {},
+        **measured,
     )
+
+
+def measure(model: keras.Model, data: Splits, classes: tuple[str, ...], report: Callable[[str], None]) -> dict:
+    """Calibrate on the validation hold-out, then measure once on the test split: the result's figures."""
+    test_inputs = to_model_input(data.x_test)
+    calibration = validation_metrics = None
+    if len(data.x_val):
+        val_inputs = to_model_input(data.x_val)
+        calibration = calibrate(model, val_inputs, data.y_val, test_inputs, data.y_test)
+    test_probabilities = model.predict(test_inputs, batch_size=1000, verbose=0)
+    if calibration is not None:
+        val_probabilities = model.predict(val_inputs, batch_size=1000, verbose=0)
+        validation_metrics = classification_metrics(data.y_val, val_probabilities, classes)
+        calibration["validation"]["after"] = calibration_figures(data.y_val, val_probabilities)
+        calibration["test"]["after"] = calibration_figures(data.y_test, test_probabilities)
+        report(f"calibration: temperature {calibration['temperature']:.4f}, validation ECE "
+               f"{calibration['validation']['before']['ece']:.4f} -> {calibration['validation']['after']['ece']:.4f}")
+    return {"test_metrics": classification_metrics(data.y_test, test_probabilities, classes),
+            "validation_metrics": validation_metrics, "test_inputs": test_inputs, "test_labels": data.y_test,
+            "test_probabilities": test_probabilities, "calibration": calibration}
+
+
+def production_figures(model: keras.Model, feedback: FeedbackData) -> dict:
+    """The model's accuracy on the held-out production set, and what the feedback it learned from was."""
+    production = model.predict(to_model_input(feedback.x_production), batch_size=1000, verbose=0)
+    return {
+        "samples": int(len(feedback.y_production)),
+        "accuracy": float(np.mean(production.argmax(axis=1) == feedback.y_production)),
+        "train_samples": int(len(feedback.y_train)),
+        "weight": feedback.weight,
+        "source": feedback.source,
+    }
 
 
 OUTPUT_LAYER = "probabilities"

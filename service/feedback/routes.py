@@ -62,28 +62,7 @@ def blueprint(state: AppState) -> Blueprint:
         if wait:
             raise RateLimited(f"more than {settings.feedback_rate_per_minute} feedback requests a minute "
                               "(FEEDBACK_RATE_PER_MINUTE); retry later", {"Retry-After": str(max(1, round(wait)))})
-        try:
-            images, fields = submitted_fields(request, settings)
-        except TooManyImages:
-            raise TooManyImages("send one image per feedback request") from None
-        model = state.served_model(fields.get("model") or settings.default_model)
-        index, true_label = parse_label(fields.get("label"), model)
-        if images:
-            if fields.get("id"):
-                raise InvalidParameter("send either an image or the id of a prediction, not both")
-            labeled = label_upload(model, images[0], settings)
-        else:
-            labeled = label_retained(model, fields.get("id") or "", state.feedback_store, settings)
-        outcome = state.feedback_store.add_feedback(labeled.image_id, labeled.pixels, model.name,
-                                                    labeled.model_version, labeled.predicted, true_label,
-                                                    max_items=settings.feedback_max_items)
-        if outcome == "full":
-            raise FeedbackFull(f"{model.name!r} already has {settings.feedback_max_items} feedback items "
-                               "(FEEDBACK_MAX_ITEMS); delete some or raise the limit")
-        body = {"id": labeled.image_id, "model": model.name, "model_version": labeled.model_version,
-                "predicted_label": labeled.predicted, "label": true_label, "index": index,
-                "stored": outcome == "stored"}
-        return jsonify(body), 201 if outcome == "stored" else 200
+        return record_feedback(state, request)
 
     @routes.delete("/feedback/<name>/<image_id>")
     @database_down_is_503
@@ -112,6 +91,32 @@ def blueprint(state: AppState) -> Blueprint:
                         "models": [store.stats(name) for name in names]})
 
     return routes
+
+
+def record_feedback(state: AppState, request: Request):
+    """Store one label for an uploaded image or a retained prediction: 201 when stored, 200 when it was already."""
+    settings = state.settings
+    try:
+        images, fields = submitted_fields(request, settings)
+    except TooManyImages:
+        raise TooManyImages("send one image per feedback request") from None
+    model = state.served_model(fields.get("model") or settings.default_model)
+    index, true_label = parse_label(fields.get("label"), model)
+    if images:
+        if fields.get("id"):
+            raise InvalidParameter("send either an image or the id of a prediction, not both")
+        labeled = label_upload(model, images[0], settings)
+    else:
+        labeled = label_retained(model, fields.get("id") or "", state.feedback_store, settings)
+    outcome = state.feedback_store.add_feedback(labeled.image_id, labeled.pixels, model.name, labeled.model_version,
+                                                labeled.predicted, true_label, max_items=settings.feedback_max_items)
+    if outcome == "full":
+        raise FeedbackFull(f"{model.name!r} already has {settings.feedback_max_items} feedback items "
+                           "(FEEDBACK_MAX_ITEMS); delete some or raise the limit")
+    body = {"id": labeled.image_id, "model": model.name, "model_version": labeled.model_version,
+            "predicted_label": labeled.predicted, "label": true_label, "index": index,
+            "stored": outcome == "stored"}
+    return jsonify(body), 201 if outcome == "stored" else 200
 
 
 def database_down_is_503(view):

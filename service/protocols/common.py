@@ -1,6 +1,28 @@
-"""What the protocols' codecs share: the standard error shape, and where ids go when a body has no room."""
+"""What the protocols' codecs share: reading a JSON request, the standard error shape, and where ids go when a
+body has no room for them."""
 
 from __future__ import annotations
+
+import orjson
+
+from service.errors import ClientError
+
+
+class InvalidRequest(ClientError):
+    """A request the protocol's own rules refuse (KServe V2, TF Serving)."""
+
+    code = "invalid_request"
+
+
+def json_object(body: bytes, expected: str = "a JSON object") -> dict:
+    """The request's JSON object, or an InvalidRequest saying what was expected."""
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(f"the request is not valid JSON: {exc}") from None
+    if not isinstance(document, dict):
+        raise InvalidRequest(f"the request must be {expected}")
+    return document
 
 
 def message_error_body(code: str, message: str) -> dict:

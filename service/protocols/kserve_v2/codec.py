@@ -26,11 +26,11 @@ from dataclasses import dataclass
 import numpy as np
 import orjson
 
-from service.errors import ClientError, InvalidTensor, TooManyImages
+from service.errors import InvalidTensor, TooManyImages
 from service.inference.classify import Classified
 from service.inference.registry import LoadedModel
 from service.inference.uploads import whole_number
-from service.protocols.common import message_error_body
+from service.protocols.common import InvalidRequest, json_object, message_error_body
 
 NAME = "kserve_v2"
 PATH_PREFIX = "/v2"
@@ -41,10 +41,6 @@ PLATFORMS = {"onnx": "onnxruntime_onnx", "onnx_int8": "onnxruntime_onnx", "keras
 HEADER_LENGTH = "Inference-Header-Content-Length"
 MAX_SHAPE_RANK = 8  # a batch of 32x32x3 images has 4 dimensions; NumPy stops at 64
 error_body = message_error_body
-
-
-class InvalidRequest(ClientError):
-    code = "invalid_request"
 
 
 @dataclass(frozen=True)
@@ -79,12 +75,7 @@ def parse_infer_request(body: bytes, header_length: str | None, max_images: int)
             shown = header_length if len(header_length) <= 24 else header_length[:24] + "..."
             raise InvalidRequest(f"{HEADER_LENGTH}: {shown!r} is not a length within the {len(body)}-byte body")
         body, binary = body[:length], body[length:]
-    try:
-        document = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidRequest(f"the request is not valid JSON: {exc}") from None
-    if not isinstance(document, dict):
-        raise InvalidRequest("the request must be a JSON object with 'inputs'")
+    document = json_object(body, "a JSON object with 'inputs'")
     inputs = document.get("inputs")
     if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
         raise InvalidRequest(f"'inputs' must hold exactly one tensor: '{PIXELS_INPUT}' (FP32) or "

@@ -15,11 +15,10 @@ import base64
 import binascii
 
 import numpy as np
-import orjson
 
-from service.errors import ClientError, InvalidTensor, TooManyImages
+from service.errors import InvalidTensor, TooManyImages
 from service.inference.registry import LoadedModel
-from service.protocols.common import message_error_body
+from service.protocols.common import InvalidRequest, json_object, message_error_body
 
 NAME = "tf_serving"
 PATH_PREFIX = "/v1/"
@@ -29,19 +28,10 @@ OUTPUT = "probabilities"
 error_body = message_error_body
 
 
-class InvalidRequest(ClientError):
-    code = "invalid_request"
-
-
 # --- decoding a request -------------------------------------------------------------------------------------
 
 def parse_body(body: bytes) -> dict:
-    try:
-        document = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidRequest(f"the request is not valid JSON: {exc}") from None
-    if not isinstance(document, dict):
-        raise InvalidRequest("the request must be a JSON object")
+    document = json_object(body)
     signature = document.get("signature_name", SIGNATURE)
     if signature != SIGNATURE:
         raise InvalidRequest(f"unknown signature_name {signature!r}; the model has '{SIGNATURE}'")

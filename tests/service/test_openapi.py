@@ -63,7 +63,7 @@ def test_the_document_is_valid_openapi_3_1(document):
 
 def test_every_route_is_described_and_every_described_path_is_routed(app, document):
     routed, described = routed_operations(app), described_operations(document)
-    assert routed - described == set(), "routes missing from service/openapi.py"
+    assert routed - described == set(), "routes missing from service/web/openapi.py"
     assert described - routed == set(), "described operations that no route serves"
 
 

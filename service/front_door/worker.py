@@ -44,11 +44,9 @@ from gunicorn.http.body import Body, ChunkedReader, LengthReader
 from gunicorn.workers.ggevent import GeventWorker
 from gunicorn.workers.sync import SyncWorker
 
-from service.app import STATE_KEY
 from service.errors import PARSE_ERRORS, BufferFull, UploadTooSlow
 from service.front_door.budget import BufferBudget
 from service.observability import metrics
-from service.protocols import protocol_of
 from service.settings import Settings
 
 MAX_ACCEPT_DEFER_SECONDS = 0.02
@@ -386,6 +384,8 @@ class ServiceWorker(RequestGuards, GeventWorker):
             gevent.spawn(self._drain)
 
     def _drain(self) -> None:
+        from service.app import STATE_KEY  # here, not at the top: the worker also fronts apps that are not ours
+
         state = getattr(self.wsgi, "extensions", {}).get(STATE_KEY)
         if state is not None:
             state.draining.set()  # /readyz answers 503 from now on
@@ -498,6 +498,8 @@ def json_error_response(status: int, reason: str, code: str, message: str, path:
                         headers: dict[str, str] | None = None) -> bytes:
     """A complete HTTP response with the JSON error body of the protocol ``path`` belongs to, for a connection
     about to close."""
+    from service.protocols import protocol_of  # loaded by the service's app already; imported on first use
+
     body = orjson.dumps(protocol_of(path).error_body(code, message))
     head = [f"HTTP/1.1 {status} {reason}", "Content-Type: application/json", "Connection: close",
             "X-Content-Type-Options: nosniff", f"Content-Length: {len(body)}",

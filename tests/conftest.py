@@ -46,6 +46,19 @@ def fashion_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def mnist_dir() -> Path:
+    return _require(datasets_dir() / "mnist-10k", "the MNIST digits (10,000-digit IDX copy)")
+
+
+@pytest.fixture(scope="session")
+def mnist(mnist_dir):
+    """The 10,000 real MNIST digits of the offline copy: 8,004 for training, 1,996 for test (a subset)."""
+    from training.datasets import load_dataset
+
+    return load_dataset("mnist", mnist_dir.parent, download=False)
+
+
+@pytest.fixture(scope="session")
 def cifar_archive() -> Path:
     return _require(datasets_dir() / "cifar10-jpeg.tar.gz", "the CIFAR-10 JPEG archive")
 

@@ -1,4 +1,4 @@
-"""Training batches as a tf.data pipeline: shuffle, flip, shift and MixUp, vectorized per batch.
+"""Training batches as a tf.data pipeline: shuffle, flip, shift, grey backgrounds and MixUp, vectorized per batch.
 
 Augmenting in Python took about half of each CIFAR-10 epoch; here it runs in TensorFlow beside the training
 step. Every random draw is stateless and seeded from (seed, batch number), so a seed gives the same batches.
@@ -12,7 +12,7 @@ import tensorflow as tf
 
 def training_batches(images: np.ndarray, labels: np.ndarray, num_classes: int, batch_size: int, seed: int,
                      flip: bool = False, max_shift: int = 0, mixup_alpha: float = 0.0,
-                     sample_weights: np.ndarray | None = None) -> tf.data.Dataset:
+                     sample_weights: np.ndarray | None = None, max_background: float = 0.0) -> tf.data.Dataset:
     """One epoch of shuffled, augmented (pixels in [0, 1], one-hot labels) batches; reshuffled every epoch.
 
     ``sample_weights``, when given, is yielded as a third element (Keras' per-image loss weights).
@@ -33,6 +33,8 @@ def training_batches(images: np.ndarray, labels: np.ndarray, num_classes: int, b
             pixels = random_flip(pixels, draw)
         if max_shift:
             pixels = random_shift(pixels, max_shift, draw + [0, 1 << 32])
+        if max_background:
+            pixels = random_background(pixels, max_background, draw + [0, 3 << 32])
         if mixup_alpha > 0:
             pixels, targets = mixup(pixels, targets, mixup_alpha, draw + [0, 2 << 32])
         return (pixels, targets) if len(columns) == 2 else (pixels, targets, columns[2])
@@ -58,6 +60,17 @@ def random_shift(pixels: tf.Tensor, max_shift: int, seed: tf.Tensor) -> tf.Tenso
     cols = offsets[:, 1:] + tf.range(width)[None, :]
     shifted = tf.gather(padded, rows, axis=1, batch_dims=1)
     return tf.gather(shifted, cols, axis=2, batch_dims=1)
+
+
+def random_background(pixels: tf.Tensor, max_level: float, seed: tf.Tensor) -> tf.Tensor:
+    """Raise black to a random grey and lower white, each by up to ``max_level``: a digit written on paper, once
+    the service has inverted it, lies on the paper's grey, never on black (MNIST trained without this got 68% of
+    such digits right with the grey at 0.12)."""
+    count = tf.shape(pixels)[0]
+    levels = tf.random.stateless_uniform([count, 2], seed, 0, max_level)
+    shape = [-1] + [1] * (pixels.shape.rank - 1)
+    low, high = tf.reshape(levels[:, 0], shape), 1 - tf.reshape(levels[:, 1], shape)
+    return low + (high - low) * pixels
 
 
 def mixup(pixels: tf.Tensor, targets: tf.Tensor, alpha: float, seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:

@@ -1,9 +1,9 @@
-"""Load Fashion-MNIST and CIFAR-10 as uint8 arrays, from wherever they are.
+"""Load MNIST, Fashion-MNIST and CIFAR-10 as uint8 arrays, from wherever they are.
 
 Sources are tried in a fixed order and every path tried is named in the error when none works:
-an explicit ``data_dir`` (Keras cache layout, CIFAR-10 python batches, a folder of labeled images, or the
-``cifar10-jpeg.tar.gz`` archive of one), then the Keras cache under ``$KERAS_HOME/datasets``, then the
-normal Keras download.
+an explicit ``data_dir`` (Keras cache layout: IDX files or ``mnist.npz``, CIFAR-10 python batches, a folder of
+labeled images, or the ``cifar10-jpeg.tar.gz`` archive of one), then the Keras cache under
+``$KERAS_HOME/datasets``, then the normal Keras download.
 """
 
 from __future__ import annotations
@@ -48,6 +48,8 @@ class DatasetSpec:
     folder_names: tuple[str, ...]  # names of <split>/<class> folders, aliases for ``classes``
     keras_cache_dirs: tuple[str, ...]  # under $KERAS_HOME/datasets
     archive_name: str | None = None  # a tarball of an image folder, unpacked into the Keras cache
+    idx_dirs: tuple[str, ...] = ()  # folders that may hold the four IDX files (the MNIST family's format)
+    npz_name: str | None = None  # Keras' single-file download of the four arrays (MNIST's, not Fashion-MNIST's)
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -63,6 +65,8 @@ FASHION_MNIST_CLASSES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
     "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 )
+DIGIT_CLASSES = tuple(str(digit) for digit in range(10))
+OFFICIAL_MNIST_TEST_SIZE = 10_000
 CIFAR10_CLASSES = (
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
 )
@@ -76,6 +80,18 @@ SPECS: dict[str, DatasetSpec] = {
         dark_background=True,
         folder_names=tuple(_slug(c) for c in FASHION_MNIST_CLASSES),
         keras_cache_dirs=("fashion-mnist", "fashion_mnist-images"),
+        idx_dirs=("fashion-mnist",),
+    ),
+    "mnist": DatasetSpec(
+        name="mnist",
+        classes=DIGIT_CLASSES,
+        image_shape=(28, 28),
+        color_mode="grayscale",
+        dark_background=True,  # white digits on black, as Fashion-MNIST; written digits are usually ink on paper
+        folder_names=DIGIT_CLASSES,
+        keras_cache_dirs=("mnist",),
+        idx_dirs=("mnist", "mnist-10k"),  # mnist-10k: the 10,000-digit offline copy (shared datasets README)
+        npz_name="mnist.npz",
     ),
     "cifar10": DatasetSpec(
         name="cifar10",
@@ -117,6 +133,17 @@ class Dataset:
             self._fingerprint = "sha256:" + digest.hexdigest()
         return self._fingerprint
 
+    @property
+    def note(self) -> str | None:
+        """What accuracy measured on this copy is comparable with, when it is not the official test split."""
+        if self.spec.name == "cifar10" and "jpeg" in self.source.lower():
+            return "JPEG copy of CIFAR-10: accuracy is close to, not identical with, the original test set"
+        if self.spec.name == "mnist" and len(self.x_test) != OFFICIAL_MNIST_TEST_SIZE:
+            return (f"a subset of MNIST ({len(self.x_train):,} training and {len(self.x_test):,} test digits), not "
+                    "the official split: accuracy on it is not comparable with results on the official "
+                    "10,000-digit test set")
+        return None
+
 
 def get_spec(name: str) -> DatasetSpec:
     try:
@@ -154,11 +181,15 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, download:
 
 
 def _load_from_root(spec: DatasetSpec, root: Path, tried: list[str]) -> Dataset | None:
-    if spec.name == "fashion_mnist":
-        for folder in (root / "fashion-mnist", root):
+    if spec.idx_dirs:
+        for folder in [root / d for d in spec.idx_dirs] + [root]:
             tried.append(f"{folder}/{{{','.join(FASHION_MNIST_FILES.values())}}}")
             if all((folder / f).is_file() for f in FASHION_MNIST_FILES.values()):
-                return load_fashion_mnist_idx(folder)
+                return load_idx_folder(folder, spec)
+        if spec.npz_name:
+            tried.append(str(root / spec.npz_name))
+            if (root / spec.npz_name).is_file():
+                return load_npz(root / spec.npz_name, spec)
     else:
         for folder in (root / "cifar-10-batches-py-target" / "cifar-10-batches-py", root / "cifar-10-batches-py", root):
             tried.append(f"{folder}/data_batch_1..5,test_batch")
@@ -192,15 +223,41 @@ def _read_idx(path: Path, magic: int, ndim: int) -> np.ndarray:
     return np.frombuffer(raw, np.uint8, offset=header).reshape(dims)
 
 
-def load_fashion_mnist_idx(folder: Path) -> Dataset:
-    """The four official Fashion-MNIST files, as Keras caches them."""
+def load_idx_folder(folder: Path, spec: DatasetSpec) -> Dataset:
+    """The four IDX files of an MNIST-family dataset, named as Fashion-MNIST's (and as Keras caches them)."""
     images = {k: _read_idx(folder / f, 2051, 3) for k, f in FASHION_MNIST_FILES.items() if k.startswith("x")}
     labels = {k: _read_idx(folder / f, 2049, 1) for k, f in FASHION_MNIST_FILES.items() if k.startswith("y")}
+    return _checked_dataset(spec, {**images, **labels}, source=f"idx:{folder}")
+
+
+def load_fashion_mnist_idx(folder: Path) -> Dataset:
+    """The four official Fashion-MNIST files, as Keras caches them."""
+    return load_idx_folder(folder, SPECS["fashion_mnist"])
+
+
+def load_npz(path: Path, spec: DatasetSpec) -> Dataset:
+    """Keras' ``mnist.npz``: the arrays x_train, y_train, x_test and y_test in one file."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {k: np.asarray(f[k]) for k in FASHION_MNIST_FILES}
+    except (OSError, ValueError, KeyError, EOFError) as exc:  # not a zip, a pickled array, a missing key
+        raise DatasetError(f"{path} is not a readable {spec.npz_name}: {type(exc).__name__}: {exc}") from exc
+    return _checked_dataset(spec, arrays, source=f"npz:{path}")
+
+
+def _checked_dataset(spec: DatasetSpec, arrays: dict[str, np.ndarray], source: str) -> Dataset:
+    """A Dataset from the four arrays, refused when they are not uint8 images of the spec's shape and labels."""
     for split in ("train", "test"):
-        if len(images[f"x_{split}"]) != len(labels[f"y_{split}"]):
-            raise DatasetError(f"{folder}: {split} images and labels differ in count")
-    return Dataset(SPECS["fashion_mnist"], images["x_train"], labels["y_train"], images["x_test"],
-                   labels["y_test"], source=f"idx:{folder}")
+        images, labels = arrays[f"x_{split}"], arrays[f"y_{split}"].reshape(-1)
+        if images.dtype != np.uint8 or images.shape[1:] != spec.image_shape:
+            raise DatasetError(f"{source}: {split} images are {images.dtype} {images.shape[1:]}, "
+                               f"expected uint8 {spec.image_shape}")
+        if len(images) != len(labels):
+            raise DatasetError(f"{source}: {split} images and labels differ in count")
+        if len(labels) and not (labels.min() >= 0 and labels.max() < len(spec.classes)):
+            raise DatasetError(f"{source}: {split} labels outside 0..{len(spec.classes) - 1}")
+        arrays[f"y_{split}"] = labels.astype(np.uint8)
+    return Dataset(spec, arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"], source=source)
 
 
 def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -291,7 +348,8 @@ def unpack_archive(archive: Path) -> Path:
 def _download_with_keras(spec: DatasetSpec) -> Dataset:
     import keras
 
-    loader = {"fashion_mnist": keras.datasets.fashion_mnist, "cifar10": keras.datasets.cifar10}[spec.name]
+    loader = {"mnist": keras.datasets.mnist, "fashion_mnist": keras.datasets.fashion_mnist,
+              "cifar10": keras.datasets.cifar10}[spec.name]
     (x_train, y_train), (x_test, y_test) = loader.load_data()
     return Dataset(spec, np.asarray(x_train, np.uint8), np.asarray(y_train, np.uint8).reshape(-1),
                    np.asarray(x_test, np.uint8), np.asarray(y_test, np.uint8).reshape(-1), source="keras-download")

@@ -32,8 +32,28 @@ def test_keras_home_cache_is_used_without_data_dir(fashion_dir, tmp_path, monkey
 
 
 def test_unknown_dataset_is_refused():
-    with pytest.raises(DatasetError, match="unknown dataset 'mnist'"):
-        load_dataset("mnist")
+    with pytest.raises(DatasetError, match="unknown dataset 'emnist'"):
+        load_dataset("emnist")
+
+
+def test_mnist_reads_the_idx_copy_and_keras_mnist_npz_alike(mnist_dir, tmp_path, monkeypatch):
+    idx = load_dataset("mnist", mnist_dir.parent)
+    assert idx.source == f"idx:{mnist_dir}" and idx.spec.classes[7] == "7"
+    assert (len(idx.x_train), len(idx.x_test)) == (8004, 1996) and idx.x_test.shape[1:] == (28, 28)
+    # Keras' own download is one file, mnist.npz, in the Keras cache.
+    cache = tmp_path / "datasets"
+    cache.mkdir()
+    np.savez(cache / "mnist.npz", x_train=idx.x_train, y_train=idx.y_train, x_test=idx.x_test, y_test=idx.y_test)
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    npz = load_dataset("mnist", download=False)
+    assert npz.source == f"npz:{cache / 'mnist.npz'}" and npz.fingerprint == idx.fingerprint
+    np.savez(cache / "mnist.npz", x_train=idx.x_train, y_train=idx.y_train, x_test=idx.x_test)
+    with pytest.raises(DatasetError, match="not a readable mnist.npz"):
+        load_dataset("mnist", cache)
+    np.savez(cache / "mnist.npz", x_train=idx.x_train[:, :20], y_train=idx.y_train, x_test=idx.x_test,
+             y_test=idx.y_test)
+    with pytest.raises(DatasetError, match=r"expected uint8 \(28, 28\)"):
+        load_dataset("mnist", cache)
 
 
 def test_missing_data_names_every_path_tried(tmp_path, monkeypatch):

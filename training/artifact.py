@@ -95,6 +95,7 @@ def build_metadata(dataset: Dataset, result: TrainingResult, version: int, onnx_
             "test": result.test_metrics,
             "validation": result.validation_metrics,
             **({"production": result.extra["production"]} if "production" in result.extra else {}),
+            **({"baseline": result.extra["baseline"]} if "baseline" in result.extra else {}),
         },
         "training": {
             "config": result.config.to_json(),
@@ -108,8 +109,7 @@ def build_metadata(dataset: Dataset, result: TrainingResult, version: int, onnx_
             "fingerprint": dataset.fingerprint,
             "train_samples": int(len(dataset.x_train)),
             "test_samples": int(len(dataset.x_test)),
-            "note": ("JPEG copy of CIFAR-10: accuracy is close to, not identical with, the original test set"
-                     if "jpeg" in dataset.source.lower() else None),
+            "note": dataset.note,
         },
         "runtimes": {
             "onnx": {"file": ONNX_FILE, "opset": ONNX_OPSET, **onnx_report},

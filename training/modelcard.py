@@ -124,12 +124,13 @@ def results_section(metadata: dict) -> str:
         for c in test["per_class"]
     )
     note = metadata["data"].get("note")
+    baseline = baseline_line(metadata["metrics"].get("baseline"))
     return f"""
 ## Test results
 Measured once, after training, on {test['samples']:,} test images: **top-1 accuracy {test['accuracy']:.2%}**,
 macro F1 {test['macro_f1']:.3f}, log loss {test['log_loss']:.3f}.
 The float32 ONNX graph agrees with Keras on {onnx_report['agreement_with_keras']:.2%} of the test images
-(largest probability difference {onnx_report['max_abs_diff_vs_keras']:.1e}).{int8_line}
+(largest probability difference {onnx_report['max_abs_diff_vs_keras']:.1e}).{int8_line}{baseline}
 {f'{chr(10)}> {note}{chr(10)}' if note else ''}
 | class | precision | recall | F1 | images |
 |---|---|---|---|---|
@@ -139,12 +140,21 @@ The float32 ONNX graph agrees with Keras on {onnx_report['agreement_with_keras']
 """
 
 
+def baseline_line(baseline: dict | None) -> str:
+    if not baseline:
+        return ""
+    return (f"\nThe course's first model ({baseline['recipe']}), trained on the same images, scores "
+            f"{baseline['test_accuracy']:.2%} on the same test images (ECE {baseline['test_ece']:.3f}, "
+            "uncalibrated): the baseline this recipe is measured against.")
+
+
 def training_section(metadata: dict) -> str:
     training = metadata["training"]
     config = training["config"]
     layers = " -> ".join(["Flatten", "standardize"] + [f"Dense({u})-BN-ReLU-Dropout({config['dropout']})"
                                                         for u in config["hidden_units"]] + ["Dense(10, softmax)"])
     mixup = f"MixUp alpha {config['mixup_alpha']}" if config.get("mixup_alpha") else "no MixUp"
+    background = f", grey backgrounds up to {config['max_background']}" if config.get("max_background") else ""
     return f"""
 ## Training
 `{layers}`
@@ -152,7 +162,7 @@ def training_section(metadata: dict) -> str:
 {training['epochs_run']} epochs in {training['duration_seconds'] / 60:.1f} minutes; AdamW (learning rate
 {config['learning_rate']}, weight decay {config['weight_decay']}, cosine schedule with warm-up), batch
 {config['batch_size']}, label smoothing {config['label_smoothing']}, random flips: {config['flip']},
-random shifts up to {config['max_shift']} px, {mixup}, seed {config['seed']}.
+random shifts up to {config['max_shift']} px{background}, {mixup}, seed {config['seed']}.
 {config['validation_size']} training images were held out for the validation curve and calibration; the test
 split was not used until the end.
 

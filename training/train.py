@@ -13,6 +13,7 @@ import numpy as np
 
 from training.architectures import build_mlp
 from training.augment import training_batches
+from training.baseline import course_baseline
 from training.datasets import Dataset
 from training.feedback import FeedbackData
 from training.evaluation import (
@@ -39,6 +40,8 @@ class TrainingConfig:
     flip: bool = True  # random horizontal flips of training images
     max_shift: int = 0  # random translation of training images by up to this many pixels
     mixup_alpha: float = 0.0  # MixUp of training images and labels, Beta(alpha, alpha); 0 turns it off
+    max_background: float = 0.0  # random grey background and dimmed strokes, up to this much of the range
+    course_baseline: bool = False  # also train and measure the course's first model (training/baseline.py)
     validation_size: int = 5000  # held out of the training split for the learning curves
     seed: int = 0
     train_limit: int | None = None  # train on the first N (shuffled) images: quick runs and tests
@@ -54,6 +57,10 @@ DEFAULT_CONFIGS = {
                                     label_smoothing=0.0, max_shift=1, validation_size=3000),
     "cifar10": TrainingConfig("cifar10", epochs=45, hidden_units=(1024, 512), dropout=0.2, batch_size=256,
                               max_shift=2),
+    # No flips: a mirrored digit is another shape. Grey backgrounds: a digit written in ink on paper is, once the
+    # service has inverted it, a light stroke on the paper's grey, never on black (docs/training.md).
+    "mnist": TrainingConfig("mnist", epochs=80, hidden_units=(1024, 512), dropout=0.2, flip=False, max_shift=2,
+                            max_background=0.3, validation_size=1000, course_baseline=True),
 }
 
 
@@ -177,7 +184,7 @@ def train_and_evaluate(dataset: Dataset, config: TrainingConfig, report: Callabl
                       config.dropout, mean, std)
     x_train, y_train, weights = with_feedback(data.x_train, data.y_train, feedback, report)
     batches = training_batches(x_train, y_train, len(classes), config.batch_size, config.seed, config.flip,
-                               config.max_shift, config.mixup_alpha, weights)
+                               config.max_shift, config.mixup_alpha, weights, config.max_background)
     compile_for(model, config, len(x_train))
     report(f"training {dataset.spec.name}: {len(x_train)} train / {len(data.x_val)} validation / "
            f"{len(data.x_test)} test images, {model.count_params():,} parameters, {config.epochs} epochs")
@@ -186,14 +193,19 @@ def train_and_evaluate(dataset: Dataset, config: TrainingConfig, report: Callabl
     fit = model.fit(batches, epochs=config.epochs, validation_data=validation_data, verbose=0, shuffle=False,
                     callbacks=[ProgressLine(config.epochs, report)])
     measured = measure(model, data, classes, report)
+    duration = time.monotonic() - started
+    extra = {}
+    if feedback is not None and len(feedback.y_production):
+        extra["production"] = production_figures(model, feedback)
+    if config.course_baseline:
+        extra["baseline"] = course_baseline(data, classes, config.seed, report)
     return TrainingResult(
         model=model,
         config=config,
         history={k: [float(v) for v in values] for k, values in fit.history.items() if k != "learning_rate"},
         standardization={"mean": np.atleast_1d(mean).tolist(), "std": np.atleast_1d(std).tolist()},
-        duration_seconds=time.monotonic() - started,
-        extra={"production": production_figures(model, feedback)} if feedback is not None and len(
-            feedback.y_production) else {},
+        duration_seconds=duration,
+        extra=extra,
         **measured,
     )
 

@@ -204,3 +204,22 @@ def test_the_monitoring_reference_is_recorded_at_publish_time_and_reproducible(p
     assert sum(reference["predicted_class"]["fractions"]) == pytest.approx(1.0)
     assert 0.1 < reference["top1_probability_mean"] <= 1
     assert add_reference(models_dir, "fashion_mnist", version.version, small_fashion) == reference
+
+
+def test_digits_are_never_mirrored():
+    # A mirrored 2, 3 or 7 is no digit at all; shifts and grey backgrounds are what digits can take.
+    config = make_config("mnist")
+    assert config.flip is False and config.max_shift and config.max_background
+
+
+def test_an_mnist_run_records_the_course_baseline_beside_its_own_figures(mnist, tmp_path):
+    config = make_config("mnist", **{**QUICK, "train_limit": 2000, "test_limit": 500})
+    version, result, metadata = train_and_publish(mnist, config, tmp_path, report=lambda line: None)
+    baseline = metadata["metrics"]["baseline"]
+    assert baseline["recipe"].startswith("Dense(512, relu) + softmax, RMSprop, 5 epochs, batch 128")
+    assert baseline["test_samples"] == 500 and 0.8 < baseline["test_accuracy"] <= 1  # chance is 0.1
+    assert 0 <= baseline["test_ece"] < 0.2 and 0.8 < baseline["validation_accuracy"] <= 1
+    assert "subset of MNIST" in metadata["data"]["note"]
+    card = (version.path / "MODEL_CARD.md").read_text()
+    assert f"scores {100 * baseline['test_accuracy']:.2f}% on the same test images" in card
+    assert "a subset of MNIST" in card

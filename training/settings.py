@@ -29,7 +29,7 @@ class TrainingSettings(Locations):
                                                              "public one (`--feedback-weight`)", above=0)
     feedback_cap: int = setting("FEEDBACK_CAP", 20_000, "the newest this-many feedback items are used "
                                                         "(`--feedback-cap`); `--no-feedback` uses none", minimum=0)
-    retrain_datasets: tuple[str, ...] = setting("RETRAIN_DATASETS", ("fashion_mnist", "cifar10"),
+    retrain_datasets: tuple[str, ...] = setting("RETRAIN_DATASETS", ("fashion_mnist", "cifar10", "mnist"),
                                                 "what each scheduled round retrains, in order")
     retrain_interval_seconds: float = setting("RETRAIN_INTERVAL", 86400.0, "time between scheduled rounds: "
                                               "`90s`, `15m`, `6h`, `1d`", parse=parse_interval, shown="`24h`")

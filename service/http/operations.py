@@ -49,7 +49,8 @@ def describe_model(model: LoadedModel, detail: bool) -> dict:
         body["metrics"] = {"test": test, "served_test_accuracy": served,
                            "validation": document["metrics"].get("validation"),
                            "calibration": _served_calibration(document),
-                           "production": document["metrics"].get("production")}
+                           "production": document["metrics"].get("production"),
+                           "baseline": document["metrics"].get("baseline")}
         body["calibration"] = document.get("calibration")
         body["training"] = {k: v for k, v in document["training"].items() if k != "history"}
         body["data"] = document["data"]

@@ -82,6 +82,12 @@ class Example:
     name: str = "fashion_mnist"
     version: int = 1
     shape: tuple[int, ...] = (28, 28)
+    served: tuple[str, ...] = ("cifar10", "fashion_mnist", "mnist")  # every model's name, for the examples
+
+    @property
+    def served_text(self) -> str:
+        names = [f"`{name}`" for name in self.served]
+        return " or ".join([", ".join(names[:-1]), names[-1]]) if len(names) > 1 else "".join(names)
 
     def pixels(self) -> list:
         """An all-black image of the model's input shape, as nested lists."""
@@ -89,8 +95,9 @@ class Example:
 
 
 def model_params(example: Example, versioned: bool = False) -> list[dict]:
-    params = [{**path_param("name", "A served model: `fashion_mnist` or `cifar10` as shipped."),
-               "example": example.name}]
+    params = [{**path_param("name", f"A served model: {example.served_text}."),
+               "example": example.name,
+               "examples": {name: {"value": name} for name in example.served}}]
     if versioned:
         params.append({**path_param("version", "The served version's number; any other version answers 404."),
                        "example": str(example.version)})
@@ -100,8 +107,9 @@ def model_params(example: Example, versioned: bool = False) -> list[dict]:
 def native_paths(example: Example) -> dict:
     model = model_params(example)[0]
     predict_parameters = [
-        {"name": "model", "in": "query", "description": "Which model answers (default `DEFAULT_MODEL`).",
-         "schema": {"type": "string"}, "example": example.name},
+        {"name": "model", "in": "query", "description": f"Which model answers: {example.served_text} (default "
+         "`DEFAULT_MODEL`).", "schema": {"type": "string"}, "example": example.name,
+         "examples": {name: {"value": name} for name in example.served}},
         {"name": "top_k", "in": "query", "description": "How many classes to list in `top` (default "
          "`DEFAULT_TOP_K`), from 1 to the model's number of classes.", "schema": {"type": "integer", "minimum": 1}},
         {"name": "include", "in": "query", "description": "`input` adds each image as the model saw it after "
@@ -122,7 +130,7 @@ def native_paths(example: Example) -> dict:
              **error_responses(UPLOAD_ERRORS, "Error")},
             parameters=predict_parameters, body=upload,
             description="Each image is decoded, oriented, converted to the model's color mode, inverted if it "
-                        "shows a light background (Fashion-MNIST), fitted and padded to the input size and "
+                        "shows a light background (Fashion-MNIST, MNIST), fitted and padded to the input size and "
                         "scaled to [0, 1]; see `/models/{name}` → `preprocessing`.")},
         "/healthz": {"get": operation(OPS, "Liveness: 200 while the process runs",
                                       {"200": json_response("Alive.", ref("Health"))})},

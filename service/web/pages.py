@@ -44,8 +44,10 @@ def blueprint(state: AppState) -> Blueprint:
     @pages.get("/openapi.json")
     def openapi():
         """The document, its examples filled in from the default model as served now."""
-        model = state.registry.snapshot().get(state.settings.default_model)
-        example = Example() if model is None else Example(model.name, model.version, model.input_spec.shape)
+        served = state.registry.snapshot()
+        model = served.get(state.settings.default_model)
+        example = Example() if model is None else Example(model.name, model.version, model.input_spec.shape,
+                                                          tuple(sorted(served)))
         return jsonify(openapi_document(example))
 
     @pages.get("/guides/<name>")

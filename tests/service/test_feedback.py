@@ -154,7 +154,7 @@ def test_stats_and_metrics_show_production_accuracy(feedback_server, fashion):
                          timeout=10).json()
     (model,) = stats["models"]
     stored = requests.get(feedback_server.url + "/feedback/stats", timeout=10).json()
-    assert {m["model"] for m in stored["models"]} == {"fashion_mnist", "cifar10"}
+    assert {m["model"] for m in stored["models"]} == {"fashion_mnist", "cifar10", "mnist"}
     assert model["items"] >= 40 and sum(v["items"] for v in model["per_label"].values()) == model["items"]
     assert 0.5 < model["agreement"] <= 1
     families = {f.name: f for f in text_string_to_metric_families(

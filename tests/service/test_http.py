@@ -37,9 +37,9 @@ def post_images(server, images, model="fashion_mnist", **params):
 def test_health_readiness_and_model_metadata(shipped_server):
     assert requests.get(shipped_server.url + "/healthz").json() == {"status": "ok"}
     ready = requests.get(shipped_server.url + "/readyz")
-    assert ready.status_code == 200 and set(ready.json()["models"]) == {"fashion_mnist", "cifar10"}
+    assert ready.status_code == 200 and set(ready.json()["models"]) == {"fashion_mnist", "cifar10", "mnist"}
     listing = requests.get(shipped_server.url + "/models").json()
-    assert {m["name"] for m in listing["models"]} == {"fashion_mnist", "cifar10"}
+    assert {m["name"] for m in listing["models"]} == {"fashion_mnist", "cifar10", "mnist"}
     detail = requests.get(shipped_server.url + "/models/cifar10").json()
     assert detail["classes"][3] == "cat" and detail["input"]["shape"] == [32, 32, 3]
     assert detail["metrics"]["test"]["accuracy"] == metadata("cifar10")["metrics"]["test"]["accuracy"]
@@ -132,7 +132,7 @@ def test_errors_are_json_with_the_right_status(shipped_server, fashion):
     _error(requests.post(url, files={"image": ("a.png", png_bytes(fashion.x_test[0])[:80])}), 400, "invalid_image")
     _error(requests.post(url, params={"top_k": "11"}, files={"image": png_bytes(fashion.x_test[0])}), 400,
            "invalid_parameter")
-    _error(requests.post(url, params={"model": "mnist"}, files={"image": png_bytes(fashion.x_test[0])}), 404,
+    _error(requests.post(url, params={"model": "svhn"}, files={"image": png_bytes(fashion.x_test[0])}), 404,
            "unknown_model")
     _error(requests.get(url), 405, "method_not_allowed")
     _error(requests.get(shipped_server.url + "/nowhere"), 404, "not_found")
@@ -173,7 +173,7 @@ def test_metrics_count_every_request_across_workers(shipped_server, fashion):
     version = str(metadata("fashion_mnist")["version"])
     assert after[("classifier_model_info", (("model", "fashion_mnist"), ("version", version)))] == 1
     labels = {dict(k[1]).get("label") for k in after if k[0] == "classifier_predictions_total"}
-    assert labels <= set(metadata("fashion_mnist")["classes"]) | set(metadata("cifar10")["classes"])
+    assert labels <= {label for name in ("fashion_mnist", "cifar10", "mnist") for label in metadata(name)["classes"]}
 
 
 def test_served_probabilities_are_the_calibrated_ones_and_models_show_calibration(shipped_server, fashion):

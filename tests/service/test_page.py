@@ -81,7 +81,7 @@ def served_top1(server, model: str, image: bytes) -> str:
 def test_the_page_classifies_real_images_and_shows_readable_errors(browser, shipped_server, fashion, cifar_folder,
                                                                    tmp_path):
     browser.get(shipped_server.url + "/")
-    wait_for(browser, lambda d: len(Select(d.find_element(By.ID, "model")).options) == 2, "models did not load")
+    wait_for(browser, lambda d: len(Select(d.find_element(By.ID, "model")).options) == 3, "models did not load")
     wait_for(browser, expected_conditions.text_to_be_present_in_element((By.ID, "card-version"), "v"),
              "the model card did not load")
     assert Select(browser.find_element(By.ID, "model")).first_selected_option.get_attribute("value") == "fashion_mnist"
@@ -159,5 +159,5 @@ def test_the_page_and_the_api_docs_work_under_their_content_security_policy(brow
              "Swagger UI did not render the operations")
     screenshot(browser, "api-docs")
     browser.get(shipped_server.url + "/")
-    wait_for(browser, lambda d: len(Select(d.find_element(By.ID, "model")).options) == 2, "models did not load")
+    wait_for(browser, lambda d: len(Select(d.find_element(By.ID, "model")).options) == 3, "models did not load")
     assert policy_violations(browser) == []

@@ -26,9 +26,9 @@ def add_version(models_dir, name, source_version, new_version, promote=True):
 def test_shipped_models_load_and_pass_their_own_verification():
     registry = ModelRegistry(SHIPPED_MODELS)
     registry.refresh()
-    assert registry.ready and registry.names() == ["cifar10", "fashion_mnist"]
-    with pytest.raises(UnknownModel, match="served models: cifar10, fashion_mnist"):
-        registry.get("mnist")
+    assert registry.ready and registry.names() == ["cifar10", "fashion_mnist", "mnist"]
+    with pytest.raises(UnknownModel, match="served models: cifar10, fashion_mnist, mnist"):
+        registry.get("svhn")
 
 
 def test_a_new_current_version_is_swapped_in(tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, Response, jsonify, request
 
 from service.errors import InvalidTensor
+from service.http.routing import model_route
 from service.http.state import AppState
 from service.protocols.kserve_v2.codec import (
     EXTENSIONS,
@@ -16,7 +17,6 @@ from service.protocols.kserve_v2.codec import (
     model_metadata,
     parse_infer_request,
 )
-
 
 
 def blueprint(state: AppState) -> Blueprint:
@@ -43,19 +43,16 @@ def blueprint(state: AppState) -> Blueprint:
         # The protocol answers readiness with the status alone: 200 true, a 4xx false.
         return jsonify({"ready": is_ready}), 200 if is_ready else 400
 
-    @routes.get("/models/<name>")
-    @routes.get("/models/<name>/versions/<version>")
+    @model_route(routes, "GET", "/models")
     def show_model(name: str, version: str | None = None):
         return jsonify(model_metadata(state.served_model(name, version)))
 
-    @routes.get("/models/<name>/ready")
-    @routes.get("/models/<name>/versions/<version>/ready")
+    @model_route(routes, "GET", "/models", "/ready")
     def model_ready(name: str, version: str | None = None):
         model = state.served_model(name, version)
         return jsonify({"name": model.name, "ready": True})
 
-    @routes.post("/models/<name>/infer")
-    @routes.post("/models/<name>/versions/<version>/infer")
+    @model_route(routes, "POST", "/models", "/infer")
     def infer(name: str, version: str | None = None):
         model = state.served_model(name, version)
         parsed = parse_infer_request(request.get_data(cache=False), request.headers.get(HEADER_LENGTH),

@@ -5,20 +5,12 @@ from __future__ import annotations
 from flask import Blueprint, jsonify, request
 
 from service.errors import NotFound
+from service.http.routing import model_route
 from service.http.state import AppState
 from service.inference.classify import Classified
 from service.inference.registry import LoadedModel
 from service.protocols.common import PREDICTION_IDS_HEADER
-from service.protocols.tf_serving.codec import (
-    classify_result,
-    decode_instances,
-    examples,
-    model_metadata,
-    model_status,
-    parse_body,
-    predict_items,
-)
-
+from service.protocols.tf_serving import codec
 
 
 def blueprint(state: AppState) -> Blueprint:
@@ -26,20 +18,18 @@ def blueprint(state: AppState) -> Blueprint:
     settings = state.settings
 
     def run(model: LoadedModel, items: list) -> Classified:
-        decoded = decode_instances(items, settings.max_images_per_request)
+        decoded = codec.decode_instances(items, settings.max_images_per_request)
         if isinstance(decoded, list):
             return state.inference.classify_images(model, decoded)
         return state.inference.classify_pixels(model, decoded)
 
-    @routes.get("/<name>")
-    @routes.get("/<name>/versions/<version>")
+    @model_route(routes, "GET", "")
     def status(name: str, version: str | None = None):
-        return jsonify(model_status(state.served_model(name, version)))
+        return jsonify(codec.model_status(state.served_model(name, version)))
 
-    @routes.get("/<name>/metadata")
-    @routes.get("/<name>/versions/<version>/metadata")
+    @model_route(routes, "GET", "", "/metadata")
     def metadata(name: str, version: str | None = None):
-        return jsonify(model_metadata(state.served_model(name, version)))
+        return jsonify(codec.model_metadata(state.served_model(name, version)))
 
     @routes.post("/<target>")
     @routes.post("/<name>/versions/<target>")
@@ -50,12 +40,12 @@ def blueprint(state: AppState) -> Blueprint:
         if not head or verb not in ("predict", "classify"):
             raise NotFound("no such endpoint; POST /v1/models/<model>[/versions/<version>]:predict or :classify")
         model = state.served_model(name, version)
-        document = parse_body(request.get_data(cache=False))
+        document = codec.parse_body(request.get_data(cache=False))
         if verb == "classify":
-            classified = run(model, examples(document))
-            response = jsonify({"result": classify_result(model, classified.probabilities)})
+            classified = run(model, codec.examples(document))
+            response = jsonify({"result": codec.classify_result(model, classified.probabilities)})
         else:
-            items, layout = predict_items(document)
+            items, layout = codec.predict_items(document)
             classified = run(model, items)
             probabilities = classified.probabilities.tolist()
             response = jsonify({"predictions": probabilities} if layout == "row" else {"outputs": probabilities})

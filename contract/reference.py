@@ -15,9 +15,6 @@ from dataclasses import dataclass
 import numpy as np
 
 REFERENCE_BINS = 10
-# A top-1 probability below this is a low-confidence prediction: the reference records its share on training
-# images, and the service counts live ones (LOW_CONFIDENCE_THRESHOLD) against the same default.
-LOW_CONFIDENCE_THRESHOLD = 0.5
 PSI_FLOOR = 1e-4  # an empty bin counts as this fraction: PSI stays finite
 SIGNALS = ("mean_intensity", "contrast", "predicted_class")
 

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from contract.config import Locations, SettingError, declared, from_environment, markdown_table, setting
-from contract.reference import LOW_CONFIDENCE_THRESHOLD
+from contract.monitoring import LOW_CONFIDENCE_THRESHOLD
 
 MIB = 1024 * 1024
 RUNTIME_CHOICES = ("auto", "onnx_int8", "onnx", "keras")

@@ -11,7 +11,8 @@ from pathlib import Path
 
 from contract.layout import version_dir
 from contract.metadata import read_metadata, write_metadata
-from contract.reference import LOW_CONFIDENCE_THRESHOLD, reference_profile
+from contract.monitoring import LOW_CONFIDENCE_THRESHOLD
+from contract.reference import reference_profile
 from training.datasets import Dataset
 from training.export import onnx_probabilities
 from training.train import to_model_input

@@ -14,6 +14,7 @@ import calendar
 import time
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -27,7 +28,8 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import REGISTRY, Collector
 
-from service.observability.drift import DriftWindow
+if TYPE_CHECKING:  # the gunicorn master imports this module, and the window's NumPy is ~11 MB it does not need
+    from service.observability.drift import DriftWindow
 
 PREFIX = "classifier"
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)

@@ -3,7 +3,10 @@
 import http.client
 import io
 import socket
+import subprocess
+import sys
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import orjson
@@ -99,3 +102,21 @@ def test_the_408_is_a_complete_http_response_with_the_service_error_body():
     assert response.status == 408 and response.getheader("Connection") == "close"
     body = orjson.loads(response.read())
     assert body == {"error": {"code": "request_timeout", "message": "the request headers did not arrive within 10 s"}}
+
+
+def test_the_gunicorn_master_loads_its_config_and_worker_class_without_numpy_or_the_app():
+    """The master only supervises: what it imports is resident in it (NumPy alone is ~11 MB) and in every worker
+    before the worker loads the app."""
+    script = """
+import sys
+sys.argv = ["gunicorn", "-c", "service/front_door/gunicorn.conf.py"]
+from gunicorn.app.wsgiapp import WSGIApplication
+WSGIApplication("check").load_config()
+import service.front_door.worker
+print(sorted(({m.split(".")[0] for m in sys.modules} | set(sys.modules)) & {"numpy", "flask", "onnxruntime", "PIL",
+                                                                            "service.app"}))
+"""
+    root = Path(__file__).resolve().parents[2]
+    result = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

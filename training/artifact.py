@@ -102,6 +102,7 @@ def build_metadata(dataset: Dataset, result: TrainingResult, version: int, onnx_
             "epochs_run": len(next(iter(result.history.values()), [])),
             "duration_seconds": round(result.duration_seconds, 1),
             "parameters": int(result.model.count_params()),
+            **({"compression": result.extra["compression"]} if "compression" in result.extra else {}),
             "history": result.history,
         },
         "data": {

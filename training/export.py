@@ -99,7 +99,8 @@ class _PendingDense:
         if self.layer is not None:
             kernel, bias, activation, name = self.layer
             self.graph.op("MatMul", self.graph.constant("kernel", kernel))
-            self.graph.op("Add", self.graph.constant("bias", bias))
+            if bias.any():  # a factor of a low-rank layer has none: its product goes straight into the next MatMul
+                self.graph.op("Add", self.graph.constant("bias", bias))
             self.graph.activation(activation, name)
             self.layer = None
 

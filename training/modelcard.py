@@ -148,17 +148,29 @@ def baseline_line(baseline: dict | None) -> str:
             "uncalibrated): the baseline this recipe is measured against.")
 
 
+def compression_line(compression: dict | None) -> str:
+    if not compression:
+        return ""
+    return (f"\nTrained as the wide network ({compression['weights_wide']:,} matrix weights, test accuracy "
+            f"{compression['test_accuracy_wide']:.2%}), then each hidden kernel replaced by its truncated SVD at "
+            f"ranks {compression['ranks']} (0: kept whole): {compression['weights']:,} weights, "
+            f"{compression['weights_wide'] / compression['weights']:.1f}x fewer for every served image to read "
+            "(training/compress.py).\n")
+
+
 def training_section(metadata: dict) -> str:
     training = metadata["training"]
     config = training["config"]
-    layers = " -> ".join(["Flatten", "standardize"] + [f"Dense({u})-BN-ReLU-Dropout({config['dropout']})"
-                                                        for u in config["hidden_units"]] + ["Dense(10, softmax)"])
+    ranks = list(config.get("ranks") or ()) + [0] * len(config["hidden_units"])
+    layers = " -> ".join(["Flatten", "standardize"] + [
+        (f"Dense({rank}, linear)-" if rank else "") + f"Dense({u})-BN-ReLU-Dropout({config['dropout']})"
+        for u, rank in zip(config["hidden_units"], ranks)] + ["Dense(10, softmax)"])
     mixup = f"MixUp alpha {config['mixup_alpha']}" if config.get("mixup_alpha") else "no MixUp"
     background = f", grey backgrounds up to {config['max_background']}" if config.get("max_background") else ""
     return f"""
 ## Training
 `{layers}`
-
+{compression_line(training.get("compression"))}
 {training['epochs_run']} epochs in {training['duration_seconds'] / 60:.1f} minutes; AdamW (learning rate
 {config['learning_rate']}, weight decay {config['weight_decay']}, cosine schedule with warm-up), batch
 {config['batch_size']}, label smoothing {config['label_smoothing']}, random flips: {config['flip']},

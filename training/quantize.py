@@ -5,7 +5,9 @@ the weights come from memory: int8 weights are a quarter of the bytes and halve 
 CIFAR-10 model. The quantization is static: activation scales are calibrated here on training images, so
 an image's result never depends on the other images in its batch, and the accuracy recorded here is
 exactly what the service gives. Weights use 7 bits (``reduce_range``): CPUs without VNNI would otherwise
-saturate int16 sums, and every CPU computes the same results.
+saturate int16 sums, and every CPU computes the same results. Each output column of a weight matrix has its own
+scale (per channel): a low-rank factor's columns differ in size by their singular values, and one scale for the
+whole matrix cost Fashion-MNIST's factored model a tenth of a point of accuracy (docs/training.md).
 """
 
 from __future__ import annotations
@@ -29,8 +31,8 @@ MAX_ACCURACY_LOSS = 0.005
 # Outputs recorded for the service's load-time check; int8 kernels differ between CPUs in their last bits.
 INT8_VERIFICATION_TOLERANCE = 1e-3
 METHOD = (f"static int8 matrix products (ONNX Runtime QLinearMatMul), activations calibrated on "
-          f"{CALIBRATION_IMAGES} training images at the {CALIBRATION_PERCENTILE} percentile, 7-bit per-tensor "
-          "weights; bias, ReLU and softmax in float32")
+          f"{CALIBRATION_IMAGES} training images at the {CALIBRATION_PERCENTILE} percentile, 7-bit per-channel "
+          "weights, one scale per output column; bias, ReLU and softmax in float32")
 
 
 def calibration_inputs(train_inputs: np.ndarray) -> np.ndarray:
@@ -70,7 +72,7 @@ def quantize_onnx(onnx_bytes: bytes, calibration: np.ndarray) -> bytes:
                 # Only the matrix products: they are the weights' bytes. Bias, ReLU and softmax stay float,
                 # so the probabilities are not rounded to 1/256 steps.
                 op_types_to_quantize=["MatMul"],
-                per_channel=False,
+                per_channel=True,
                 reduce_range=True,
                 calibrate_method=CalibrationMethod.Percentile,
                 extra_options={"CalibPercentile": CALIBRATION_PERCENTILE},

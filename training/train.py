@@ -14,6 +14,7 @@ import numpy as np
 from training.architectures import build_mlp
 from training.augment import training_batches
 from training.baseline import course_baseline
+from training.compress import accuracy, compress, effective_ranks
 from training.datasets import Dataset
 from training.feedback import FeedbackData
 from training.evaluation import (
@@ -42,6 +43,9 @@ class TrainingConfig:
     mixup_alpha: float = 0.0  # MixUp of training images and labels, Beta(alpha, alpha); 0 turns it off
     max_background: float = 0.0  # random grey background and dimmed strokes, up to this much of the range
     course_baseline: bool = False  # also train and measure the course's first model (training/baseline.py)
+    # After training, hidden layer i's kernel becomes its truncated SVD at ranks[i] (0: kept whole), so a served
+    # image reads fewer weights (training/compress.py); () serves the wide model as trained.
+    ranks: tuple[int, ...] = ()
     validation_size: int = 5000  # held out of the training split for the learning curves
     seed: int = 0
     train_limit: int | None = None  # train on the first N (shuffled) images: quick runs and tests
@@ -54,13 +58,13 @@ class TrainingConfig:
 # The shipped recipes; docs/training.md has their measured figures and training times.
 DEFAULT_CONFIGS = {
     "fashion_mnist": TrainingConfig("fashion_mnist", epochs=60, hidden_units=(1024, 512), dropout=0.2,
-                                    label_smoothing=0.0, max_shift=1, validation_size=3000),
+                                    label_smoothing=0.0, max_shift=1, validation_size=3000, ranks=(256, 256)),
     "cifar10": TrainingConfig("cifar10", epochs=45, hidden_units=(1024, 512), dropout=0.2, batch_size=256,
-                              max_shift=2),
+                              max_shift=2, ranks=(128, 0)),
     # No flips: a mirrored digit is another shape. Grey backgrounds: a digit written in ink on paper is, once the
     # service has inverted it, a light stroke on the paper's grey, never on black (docs/training.md).
     "mnist": TrainingConfig("mnist", epochs=80, hidden_units=(1024, 512), dropout=0.2, flip=False, max_shift=2,
-                            max_background=0.3, validation_size=1000, course_baseline=True),
+                            max_background=0.3, validation_size=1000, course_baseline=True, ranks=(256, 256)),
 }
 
 
@@ -192,9 +196,11 @@ def train_and_evaluate(dataset: Dataset, config: TrainingConfig, report: Callabl
         if len(data.x_val) else None
     fit = model.fit(batches, epochs=config.epochs, validation_data=validation_data, verbose=0, shuffle=False,
                     callbacks=[ProgressLine(config.epochs, report)])
+    extra = {}
+    if any(effective_ranks(int(np.prod(dataset.spec.image_shape)), config.hidden_units, config.ranks)):
+        model, extra["compression"] = low_rank(model, config, data, report)
     measured = measure(model, data, classes, report)
     duration = time.monotonic() - started
-    extra = {}
     if feedback is not None and len(feedback.y_production):
         extra["production"] = production_figures(model, feedback)
     if config.course_baseline:
@@ -208,6 +214,19 @@ def train_and_evaluate(dataset: Dataset, config: TrainingConfig, report: Callabl
         extra=extra,
         **measured,
     )
+
+
+def low_rank(wide: keras.Model, config: TrainingConfig, data: Splits,
+             report: Callable[[str], None]) -> tuple[keras.Model, dict]:
+    """The trained model factored to the recipe's ranks, and the record of it, with the wide model's test
+    accuracy measured here, once, beside the factored model's."""
+    factored, record = compress(wide, config.hidden_units, config.ranks, config.dropout,
+                                to_model_input(data.x_val), data.y_val)
+    record["test_accuracy_wide"] = accuracy(wide, to_model_input(data.x_test), data.y_test)
+    report(f"factored to ranks {list(config.ranks)}: {record['weights_wide']:,} -> {record['weights']:,} weights"
+           + (f", validation accuracy {record['validation_accuracy_wide']:.4f} -> {record['validation_accuracy']:.4f}"
+              if "validation_accuracy" in record else ""))
+    return factored, record
 
 
 def measure(model: keras.Model, data: Splits, classes: tuple[str, ...], report: Callable[[str], None]) -> dict:

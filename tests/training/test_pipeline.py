@@ -223,3 +223,30 @@ def test_an_mnist_run_records_the_course_baseline_beside_its_own_figures(mnist, 
     card = (version.path / "MODEL_CARD.md").read_text()
     assert f"scores {100 * baseline['test_accuracy']:.2f}% on the same test images" in card
     assert "a subset of MNIST" in card
+
+
+def test_a_low_rank_recipe_publishes_the_factored_model_with_the_wide_ones_figures(small_fashion, tmp_path):
+    """The recipe's ranks factor the trained model (training/compress.py) before calibration; the published graphs
+    are the factored ones, exported and quantized like any other, and the metadata keeps the wide model's
+    accuracy beside them."""
+    import onnx
+
+    from training.export import onnx_probabilities
+
+    config = make_config("fashion_mnist", **{**QUICK, "ranks": (16, 8)})
+    version, result, metadata = train_and_publish(small_fashion, config, tmp_path, report=lambda line: None)
+    compression = metadata["training"]["compression"]
+    assert compression["ranks"] == [16, 8]
+    assert compression["weights_wide"] == 784 * 64 + 64 * 32 + 32 * 10
+    assert compression["weights"] == 784 * 16 + 16 * 64 + 64 * 8 + 8 * 32 + 32 * 10
+    assert 0.5 < compression["test_accuracy_wide"] <= 1 and 0.5 < compression["validation_accuracy_wide"] <= 1
+    assert 0.2 < compression["validation_accuracy"] <= 1  # ranks this small lose much; chance is 0.1
+    assert [layer.name for layer in result.model.layers if layer.name.endswith("_factor")] == ["dense_1_factor",
+                                                                                            "dense_2_factor"]
+    graph = onnx.load(str(version.path / ONNX_FILE)).graph
+    assert sum(node.op_type == "MatMul" for node in graph.node) == 5  # two per factored layer, one for the output
+    onnx_out = onnx_probabilities((version.path / ONNX_FILE).read_bytes(), result.test_inputs)
+    assert np.max(np.abs(onnx_out - result.test_probabilities)) < 1e-4
+    assert metadata["quantization"]["published"] and metadata["calibration"]["temperature"] > 0
+    assert "then each hidden kernel replaced by its truncated SVD at ranks [16, 8]" in (
+        version.path / "MODEL_CARD.md").read_text()

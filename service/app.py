@@ -13,9 +13,7 @@ import orjson
 from flask import Flask, g, request
 from flask.json.provider import JSONProvider
 
-from contract.feedback_store import FeedbackStore
 from service.feedback import routes as feedback_routes
-from service.feedback.retention import Retention
 from service.http import operations
 from service.web import pages
 from service.http.errors import register_error_handlers
@@ -62,10 +60,14 @@ def build_state(settings: Settings, watch: bool) -> AppState:
     if watch:
         registry.start(settings.reload_interval_seconds)
         monitor.start(settings.reload_interval_seconds)
-    store = FeedbackStore(settings.feedback_folder, settings.database_url or None) \
-        if settings.feedback_enabled else None
-    retention = Retention(store, settings.retain_max_bytes, settings.retain_max_age_seconds) \
-        if store is not None and settings.retain_predictions else None
+    store = retention = None
+    if settings.feedback_enabled:  # SQLAlchemy, about 20 MB per worker, is imported only then
+        from contract.feedback_store import FeedbackStore
+        from service.feedback.retention import Retention
+
+        store = FeedbackStore(settings.feedback_folder, settings.database_url or None)
+        if settings.retain_predictions:
+            retention = Retention(store, settings.retain_max_bytes, settings.retain_max_age_seconds)
     inference = Inference(DecodeLimits.from_settings(settings), monitor, keep_inputs=retention.keep if retention else None)
     return AppState(settings, registry, monitor, inference, store)
 

@@ -11,13 +11,12 @@ from __future__ import annotations
 import functools
 import hmac
 import logging
-from typing import NamedTuple
+import sys
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
-import sqlalchemy as sa
 from flask import Blueprint, Request, jsonify, request
 
-from contract.feedback_store import FeedbackStore
 from contract.ids import ID_PATTERN, input_id
 from service.errors import InvalidParameter, TooManyImages
 from service.feedback.errors import (
@@ -36,6 +35,9 @@ from service.inference.images import DecodeLimits, inspect_image
 from service.inference.registry import LoadedModel
 from service.inference.uploads import read_form
 from service.settings import Settings
+
+if TYPE_CHECKING:  # the store, and SQLAlchemy with it, is imported only when feedback is on (service.app)
+    from contract.feedback_store import FeedbackStore
 
 log = logging.getLogger("service.feedback")
 
@@ -125,10 +127,19 @@ def database_down_is_503(view):
     def guarded(*args, **kwargs):
         try:
             return view(*args, **kwargs)
-        except sa.exc.DBAPIError as error:
+        except Exception as error:
+            if not database_error(error):
+                raise
             log.error("feedback database error: %s", error.orig if error.orig is not None else error)
             raise FeedbackUnavailable("the feedback database is unavailable; retry later") from None
     return guarded
+
+
+def database_error(error: BaseException) -> bool:
+    """Whether ``error`` is the database's. SQLAlchemy is imported with the feedback store only (about 20 MB per
+    worker), so where it was never imported nothing can have raised its errors."""
+    sqlalchemy = sys.modules.get("sqlalchemy")
+    return sqlalchemy is not None and isinstance(error, sqlalchemy.exc.DBAPIError)
 
 
 def require_token(settings: Settings, request: Request) -> None:

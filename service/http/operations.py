@@ -6,7 +6,6 @@ import logging
 import time
 
 from flask import Blueprint, Response, jsonify, send_file
-from sqlalchemy.exc import SQLAlchemyError
 
 from contract.layout import TIME_FORMAT, list_versions, read_history
 from service.errors import NotFound, NotReady
@@ -128,6 +127,8 @@ def scrape_time_families(state: AppState) -> list:
     families += metrics.drift_families([(model.name, window) for model, window
                                         in state.monitor.drift_windows(list(served.values()))])
     if state.feedback_store is not None:
+        from sqlalchemy.exc import SQLAlchemyError  # loaded with the store, and only then
+
         try:
             families += metrics.feedback_families([state.feedback_store.stats(name) for name in served])
         except SQLAlchemyError as error:  # the other metrics matter more than these: scrape without them

@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from flask import g
 
-from contract.feedback_store import FeedbackStore
 from service.inference.classify import Inference
 from service.inference.registry import LoadedModel, ModelRegistry
 from service.observability.model_monitor import ModelMonitor
 from service.settings import Settings
+
+if TYPE_CHECKING:  # imported only when feedback is on: SQLAlchemy is about 20 MB per worker
+    from contract.feedback_store import FeedbackStore
 
 
 @dataclass

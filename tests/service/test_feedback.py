@@ -2,7 +2,11 @@
 protocols, the token, validation, injection, the flood limit, retention, stats and metrics, concurrent writers."""
 
 import base64
+import os
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 import requests
@@ -218,3 +222,18 @@ def test_a_database_that_is_down_costs_feedback_not_predictions(fashion, tmp_pat
     finally:
         log = server.stop()
     assert "feedback database" in log
+
+
+def test_without_feedback_a_worker_never_imports_the_database_layer(tmp_path):
+    """SQLAlchemy is about 20 MB of every worker's memory; with feedback off (no FEEDBACK_TOKEN) it is not loaded,
+    and with it on it is."""
+    script = ("import sys; from service.app import create_app; create_app(watch=False); "
+              "print('sqlalchemy' in sys.modules)")
+    root = Path(__file__).resolve().parents[2]
+    base = {k: v for k, v in os.environ.items() if k not in ("FEEDBACK_TOKEN", "DATABASE_URL")}
+    off = subprocess.run([sys.executable, "-c", script], cwd=root, env=base, capture_output=True, text=True,
+                         timeout=120)
+    on = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=120,
+                        env={**base, "FEEDBACK_TOKEN": "t" * 32, "FEEDBACK_DIR": str(tmp_path)})
+    assert (off.returncode, on.returncode) == (0, 0), off.stderr + on.stderr
+    assert (off.stdout.strip(), on.stdout.strip()) == ("False", "True")

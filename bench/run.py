@@ -287,13 +287,85 @@ def in_process_costs(images: dict, models_dir: Path, repeat: int = 300) -> dict:
         for _ in range(20):
             model.runtime.predict(batch)
         batch_infer_us = (time.perf_counter() - started) / 20 / 32 * 1e6
+        decoder_us = bare_decoder_us(sample, spec)
+        weight_bytes = served_weight_bytes(served_model_file(models_dir, name))
         costs[name] = {"runtime": model.runtime.kind,
                        "parse_us": parse_us - request_us, "parse_werkzeug_us": werkzeug_us - request_us,
                        "decode_us": decode_us, "decode_pillow_us": pillow_us, "normalize_us": normalize_us,
                        "inference_us": infer_us, "json_us": json_us, "json_stdlib_us": stdlib_json_us,
                        "metrics_us": metrics_us, "monitoring_us": monitoring_us, "prediction_id_us": id_us,
-                       "inference_us_per_image_in_batch_of_32": batch_infer_us}
+                       "inference_us_per_image_in_batch_of_32": batch_infer_us,
+                       "decoder_alone_us": decoder_us, "weight_bytes": weight_bytes}
     return costs
+
+
+def bare_decoder_us(blobs: list[bytes], spec, repeat: int = 20) -> float:
+    """The decoder library alone (libspng for PNG, libjpeg-turbo for JPEG) on the same files, header parsed
+    beforehand, in a tight loop: the floor of the decode step."""
+    from service.inference import fast_decode
+
+    height, width = spec.shape[:2]
+    calls = []
+    for data in blobs:
+        png = fast_decode.png_header(data)
+        if png is not None:
+            calls.append(lambda data=data, png=png: fast_decode.decode_png(data, png))
+        else:
+            jpeg = fast_decode.jpeg_header(data)
+            mode = "L" if len(spec.shape) == 2 else "RGB"
+            calls.append(lambda data=data, jpeg=jpeg: fast_decode.decode_jpeg(data, jpeg, mode, width, height))
+    best = float("inf")
+    for _ in range(repeat):
+        started = time.perf_counter()
+        for call in calls:
+            call()
+        best = min(best, (time.perf_counter() - started) / len(calls) * 1e6)
+    return best
+
+
+def served_weight_bytes(model_file: Path) -> int:
+    """Bytes of the served graph's weights (its initializers): what a single image's inference must read."""
+    import onnx
+
+    return sum(len(t.raw_data) or t.ByteSize() for t in onnx.load(str(model_file)).graph.initializer)
+
+
+def read_bandwidth_gbps(megabytes: int = 256, repeat: int = 5) -> float:
+    """How fast one core reads memory here: a sum over an array far larger than the caches, best of a few."""
+    data = np.ones(megabytes * 2**20 // 8, np.int64)
+    best = float("inf")
+    for _ in range(repeat):
+        started = time.perf_counter()
+        data.sum()
+        best = min(best, time.perf_counter() - started)
+    return data.nbytes / best / 1e9
+
+
+def floors_table(summary: dict) -> dict:
+    """Each step's cost under load beside its floor (docs/performance.md#floors), per model, in microseconds of
+    one single-image request."""
+    bandwidth = read_bandwidth_gbps()
+    table = {"read_bandwidth_gb_per_s": bandwidth, "models": {}}
+    def cpu(row: dict) -> float:
+        return row["server_cpu_us_per_request"]
+
+    bare_cpu = {name: cpu(rows["bare"]) for name, rows in summary["models"].items()}
+    for name, steps in summary["in_process_us_per_image"].items():
+        served = summary["served_us_per_request"].get(name, {})
+        rows = summary["models"][name]
+        table["models"][name] = {
+            "inference": {"under_load": served.get("inference_us"), "in_process": steps["inference_us"],
+                          "floor_memory": steps["weight_bytes"] / (bandwidth * 1e3),
+                          "floor_batch_of_32": steps["inference_us_per_image_in_batch_of_32"]},
+            "decode_and_normalize": {"under_load": served.get("decode_us"),
+                                     "in_process": steps["decode_us"] + steps["normalize_us"],
+                                     "floor": steps["decoder_alone_us"]},
+            "http": {"under_load": cpu(rows["fixed"]), "floor": bare_cpu[name]},
+            "own_logic": {"in_process": steps["metrics_us"] + steps["monitoring_us"] + steps["json_us"]
+                          + steps["prediction_id_us"],
+                          "under_load": cpu(rows["service"]) - cpu(rows["unmonitored"])},
+        }
+    return table
 
 
 def paired_ratio(runs: dict, label: str, target: str, figure: str, baseline: str = "bare") -> dict[str, float]:
@@ -351,6 +423,10 @@ def request_path_part(args, images, workdir: Path) -> tuple[dict, dict]:
     servers = {"service": Server(None, args.workers, args.models_dir),
                "unmonitored": Server(None, args.workers, args.models_dir, INPUT_MONITORING="off"),
                "bare": Server("bench.bare_app:create_app()", args.workers, args.models_dir),
+               # The same bare app under gunicorn's own sync worker: the fastest Flask + gunicorn go here, so
+               # the service's ratio to it shows what the front door's worker costs.
+               "bare_sync": Server("bench.bare_app:create_app()", args.workers, args.models_dir,
+                                   WORKER_CLASS="sync"),
                "fixed": Server("bench.fixed_answer_app:create_app()", args.workers, args.models_dir)}
     runs: dict[tuple[str, str], list[dict]] = {}
     try:
@@ -379,6 +455,8 @@ def request_path_part(args, images, workdir: Path) -> tuple[dict, dict]:
         summary["models"][name] = rows | {
             "throughput_ratio": paired_ratio(runs, name, "service", "rps"),
             "throughput_ratio_fixed_answer": paired_ratio(runs, name, "fixed", "rps"),
+            "throughput_ratio_bare_sync": paired_ratio(runs, name, "service", "rps", baseline="bare_sync"),
+            "p99_ratio_bare_sync": paired_ratio(runs, name, "service", "p99_ms", baseline="bare_sync"),
             # What input statistics, confidence and drift tracking cost: the service against itself without them.
             "monitoring_throughput_ratio": paired_ratio(runs, name, "service", "rps", baseline="unmonitored"),
             "p99_ratio": paired_ratio(runs, name, "service", "p99_ms"),
@@ -390,7 +468,9 @@ def request_path_part(args, images, workdir: Path) -> tuple[dict, dict]:
     for name, figures in summary["models"].items():
         print(f"  {name:>13}: service throughput {format_ratio(figures['throughput_ratio'])}  "
               f"p99 {format_ratio(figures['p99_ratio'])}  fixed-answer throughput "
-              f"{format_ratio(figures['throughput_ratio_fixed_answer'])}\n{'':>17}monitoring on vs off: throughput "
+              f"{format_ratio(figures['throughput_ratio_fixed_answer'])}\n{'':>17}to the bare app under gunicorn's "
+              f"sync worker: throughput {format_ratio(figures['throughput_ratio_bare_sync'])}  p99 "
+              f"{format_ratio(figures['p99_ratio_bare_sync'])}\n{'':>17}monitoring on vs off: throughput "
               f"{format_ratio(figures['monitoring_throughput_ratio'])}\n{'':>17}batch of 32: "
               f"{figures['batch32']['images_per_s']:.0f} images/s, per-image cost "
               f"{figures['batch32']['per_image_cost_vs_single']:.3f}x a single-image request")
@@ -542,6 +622,19 @@ def main() -> int:
               "(from its own /metrics; decode includes normalize):")
         for name, steps in summary["served_us_per_request"].items():
             print(f"  {name:>13}: " + "  ".join(f"{k.removesuffix('_us')} {v:.0f}" for k, v in sorted(steps.items())))
+        summary["floors"] = floors = floors_table(summary)
+        print(f"floors (docs/performance.md#floors), one core reads memory at "
+              f"{floors['read_bandwidth_gb_per_s']:.1f} GB/s here; microseconds per single-image request:")
+        for name, steps in floors["models"].items():
+            inference, decode = steps["inference"], steps["decode_and_normalize"]
+            print(f"  {name:>13}: inference under load {inference['under_load'] or 0:.0f}, in process "
+                  f"{inference['in_process']:.0f}, floor {inference['floor_memory']:.0f} (weights from memory) / "
+                  f"{inference['floor_batch_of_32']:.0f} (batch of 32)\n{'':>17}decode + normalize under load "
+                  f"{decode['under_load'] or 0:.0f}, in process {decode['in_process']:.0f}, decoder alone "
+                  f"{decode['floor']:.0f}\n{'':>17}HTTP: CPU per request of the service without inference "
+                  f"{steps['http']['under_load']:.0f}, of the bare app {steps['http']['floor']:.0f}\n{'':>17}own "
+                  f"logic (metrics, monitoring, JSON, id) in process {steps['own_logic']['in_process']:.0f}; "
+                  f"monitoring on - off under load {steps['own_logic']['under_load']:.0f} CPU")
     if not args.no_protocols:
         summary["protocols"] = protocols_part(args, load_images_for_path, workdir)
     if not args.no_peers:

@@ -1,12 +1,13 @@
 """The benchmark's own parts run against the shipped models (figures are printed by bench/run.py, never asserted)."""
 
 import io
+from pathlib import Path
 
 import numpy as np
 
 from bench.bare_app import create_app as create_bare_app
 from bench.peers import BOUNDARY, multipart
-from bench.run import in_process_costs, load_images
+from bench.run import floors_table, in_process_costs, load_images, served_model_file
 from tests.conftest import SHIPPED_MODELS, datasets_dir
 
 
@@ -19,8 +20,34 @@ def test_the_in_process_step_costs_cover_every_step_of_both_models(fashion, cifa
         assert steps.pop("runtime") == "onnx_int8"
         assert set(steps) == {"parse_us", "parse_werkzeug_us", "decode_us", "decode_pillow_us", "normalize_us",
                               "inference_us", "json_us", "json_stdlib_us", "metrics_us", "monitoring_us",
-                              "prediction_id_us", "inference_us_per_image_in_batch_of_32"}
+                              "prediction_id_us", "inference_us_per_image_in_batch_of_32", "decoder_alone_us",
+                              "weight_bytes"}
         assert all(np.isfinite(value) for value in steps.values())
+        assert 0 < steps["decoder_alone_us"] < steps["decode_us"] + steps["normalize_us"]
+        served_file = served_model_file(SHIPPED_MODELS, name)
+        assert 0.5 * served_file.stat().st_size < steps["weight_bytes"] <= served_file.stat().st_size
+
+
+def test_the_floors_table_sets_each_step_beside_its_floor():
+    """Figures shaped as bench/run.py gathers them; the table only divides and subtracts them."""
+    row = {"server_cpu_us_per_request": 700.0}
+    summary = {"models": {"m": {"service": row, "unmonitored": {"server_cpu_us_per_request": 650.0},
+                                "bare": {"server_cpu_us_per_request": 400.0},
+                                "fixed": {"server_cpu_us_per_request": 550.0}}},
+               "served_us_per_request": {"m": {"inference_us": 80.0, "decode_us": 70.0}},
+               "in_process_us_per_image": {"m": {"inference_us": 30.0, "weight_bytes": 1_000_000,
+                                                 "inference_us_per_image_in_batch_of_32": 5.0, "decode_us": 20.0,
+                                                 "normalize_us": 5.0, "decoder_alone_us": 15.0, "metrics_us": 10.0,
+                                                 "monitoring_us": 4.0, "json_us": 8.0, "prediction_id_us": 3.0}}}
+    table = floors_table(summary)
+    bandwidth = table["read_bandwidth_gb_per_s"]
+    assert 0.5 < bandwidth < 1000
+    steps = table["models"]["m"]
+    assert steps["inference"] == {"under_load": 80.0, "in_process": 30.0, "floor_memory": 1e6 / (bandwidth * 1e3),
+                                  "floor_batch_of_32": 5.0}
+    assert steps["decode_and_normalize"] == {"under_load": 70.0, "in_process": 25.0, "floor": 15.0}
+    assert steps["http"] == {"under_load": 550.0, "floor": 400.0}
+    assert steps["own_logic"] == {"in_process": 25.0, "under_load": 50.0}
 
 
 def test_the_bare_app_reads_the_whole_upload(fashion):
@@ -65,7 +92,6 @@ def test_the_peers_shared_classifier_agrees_with_the_service_on_real_images(fash
     import importlib
     import sys
 
-    from bench.run import served_model_file
     from service.inference.registry import ModelRegistry
     from tests.conftest import png_bytes
 
@@ -121,3 +147,17 @@ def test_the_protocol_requests_of_the_benchmark_are_answered_like_predict(fashio
     assert np.frombuffer(response.data[size:], "<f4").tolist() == np.float32(expected).tolist()
     tf = tf_serving_request("fashion_mnist", image)
     assert client.post(tf.path, data=tf.body, headers=tf.headers).json["predictions"] == [expected]
+
+
+def test_compare_targets_name_a_models_folder_and_settings():
+    import argparse
+
+    import pytest
+
+    from bench.compare import parse_target
+
+    assert parse_target("after=models") == ("after", Path("models"), {})
+    assert parse_target("bare=models:APP=bench.bare_app:create_app(),WORKER_CLASS=sync") == (
+        "bare", Path("models"), {"APP": "bench.bare_app:create_app()", "WORKER_CLASS": "sync"})
+    with pytest.raises(argparse.ArgumentTypeError, match="expected NAME=MODELS_DIR"):
+        parse_target("models")

@@ -32,7 +32,7 @@ if TYPE_CHECKING:  # the monitor reads what inference hands it, and imports none
     from service.inference.registry import LoadedModel
 
 log = logging.getLogger(__name__)
-# A flush costs about 400 us whatever its size (a dozen locked metric writes, the drift window's flock), so larger
+# A flush costs about 175 us whatever its size (a dozen locked metric writes, the drift window's flock), so larger
 # flushes cost less per image: 256 queued images are at most ~3 MB of CIFAR-10 pixels (docs/performance.md).
 FLUSH_EVERY_IMAGES = 256  # and the shared drift window is added to as often
 

@@ -223,7 +223,7 @@ def low_rank(wide: keras.Model, config: TrainingConfig, data: Splits,
     factored, record = compress(wide, config.hidden_units, config.ranks, config.dropout,
                                 to_model_input(data.x_val), data.y_val)
     record["test_accuracy_wide"] = accuracy(wide, to_model_input(data.x_test), data.y_test)
-    report(f"factored to ranks {list(config.ranks)}: {record['weights_wide']:,} -> {record['weights']:,} weights"
+    report(f"factored to ranks {record['ranks']}: {record['weights_wide']:,} -> {record['weights']:,} weights"
            + (f", validation accuracy {record['validation_accuracy_wide']:.4f} -> {record['validation_accuracy']:.4f}"
               if "validation_accuracy" in record else ""))
     return factored, record

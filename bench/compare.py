@@ -1,6 +1,6 @@
 """Two or more servers under the same load, in alternating rounds: what a change costs or saves on the request path.
 
-    python bench/compare.py before=../old/models after=models [bare=models:APP=bench.bare_app:create_app()]
+    python bench/compare.py before=../old/models after=models ['bare=models:APP=bench.bare_app:create_app()']
                             [--rounds 4] [--seconds 5]
 
 Each target is ``NAME=MODELS_DIR`` with optional ``:SETTING=VALUE,...`` (``APP=`` names another WSGI app, as

@@ -161,3 +161,14 @@ def test_compare_targets_name_a_models_folder_and_settings():
         "bare", Path("models"), {"APP": "bench.bare_app:create_app()", "WORKER_CLASS": "sync"})
     with pytest.raises(argparse.ArgumentTypeError, match="expected NAME=MODELS_DIR"):
         parse_target("models")
+
+
+def test_the_bare_wsgi_app_reads_the_whole_upload_without_a_framework():
+    from werkzeug.test import Client
+
+    from bench.bare_wsgi_app import create_app as create_wsgi_app
+
+    client = Client(create_wsgi_app())
+    response = client.post("/predict", data=b"x" * 1000, headers={"Content-Type": "image/png"})
+    assert response.status_code == 200 and response.json == {"ok": True, "bytes": 1000}
+    assert client.get("/readyz").json == {"status": "ready"}

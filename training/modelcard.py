@@ -161,7 +161,8 @@ def compression_line(compression: dict | None) -> str:
 def training_section(metadata: dict) -> str:
     training = metadata["training"]
     config = training["config"]
-    ranks = list(config.get("ranks") or ()) + [0] * len(config["hidden_units"])
+    # The ranks used (recorded by training/compress.py), not the recipe's: a rank that would not pay is not used.
+    ranks = list(training.get("compression", {}).get("ranks", ())) + [0] * len(config["hidden_units"])
     layers = " -> ".join(["Flatten", "standardize"] + [
         (f"Dense({rank}, linear)-" if rank else "") + f"Dense({u})-BN-ReLU-Dropout({config['dropout']})"
         for u, rank in zip(config["hidden_units"], ranks)] + ["Dense(10, softmax)"])

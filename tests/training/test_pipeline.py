@@ -58,6 +58,8 @@ def test_metadata_describes_the_model(published):
     assert {"tensorflow", "keras", "onnx", "numpy", "python"} <= set(on_disk["libraries"])
     assert on_disk["runtimes"]["onnx"]["max_abs_diff_vs_keras"] < 1e-4
     assert "## Test results" in (version_card := (models_dir / "fashion_mnist" / "1" / "MODEL_CARD.md").read_text())
+    # The recipe's ranks (256, 256) would not pay on (64, 32) layers: none used, none shown.
+    assert "compression" not in on_disk["training"] and "linear" not in version_card
     assert f"{test['accuracy']:.2%}" in version_card
 
 
@@ -248,5 +250,6 @@ def test_a_low_rank_recipe_publishes_the_factored_model_with_the_wide_ones_figur
     onnx_out = onnx_probabilities((version.path / ONNX_FILE).read_bytes(), result.test_inputs)
     assert np.max(np.abs(onnx_out - result.test_probabilities)) < 1e-4
     assert metadata["quantization"]["published"] and metadata["calibration"]["temperature"] > 0
-    assert "then each hidden kernel replaced by its truncated SVD at ranks [16, 8]" in (
-        version.path / "MODEL_CARD.md").read_text()
+    card = (version.path / "MODEL_CARD.md").read_text()
+    assert "then each hidden kernel replaced by its truncated SVD at ranks [16, 8]" in card
+    assert "Dense(16, linear)-Dense(64)-BN-ReLU" in card and "Dense(8, linear)-Dense(32)-BN-ReLU" in card

@@ -352,11 +352,11 @@ def read_bandwidth_gbps(megabytes: int = 256, repeat: int = 5) -> float:
 def floors_table(summary: dict) -> dict:
     """Each step's cost under load beside its floor (docs/performance.md#floors), per model, in microseconds of
     one single-image request."""
-    bandwidth = read_bandwidth_gbps()
-    table = {"read_bandwidth_gb_per_s": bandwidth, "models": {}}
     def cpu(row: dict) -> float:
         return row["server_cpu_us_per_request"]
 
+    bandwidth = read_bandwidth_gbps()
+    table = {"read_bandwidth_gb_per_s": bandwidth, "models": {}}
     bare_cpu = {name: cpu(rows["bare"]) for name, rows in summary["models"].items()}
     for name, steps in summary["in_process_us_per_image"].items():
         served = summary["served_us_per_request"].get(name, {})

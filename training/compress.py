@@ -17,6 +17,7 @@ import keras
 import numpy as np
 
 from training.architectures import build_mlp
+from training.evaluation import model_accuracy
 
 
 def weight_count(model: keras.Model) -> int:
@@ -59,10 +60,6 @@ def factorize(wide: keras.Model, hidden_units: Sequence[int], ranks: Sequence[in
     return factored
 
 
-def accuracy(model: keras.Model, inputs: np.ndarray, labels: np.ndarray) -> float:
-    return float(np.mean(model.predict(inputs, batch_size=1000, verbose=0).argmax(axis=1) == labels))
-
-
 def compress(wide: keras.Model, hidden_units: Sequence[int], ranks: Sequence[int], dropout: float,
              val_inputs: np.ndarray, y_val: np.ndarray) -> tuple[keras.Model, dict]:
     """The factored model and what was done, with both models' accuracy on the validation hold-out."""
@@ -71,6 +68,6 @@ def compress(wide: keras.Model, hidden_units: Sequence[int], ranks: Sequence[int
     record = {"method": "truncated SVD of the hidden layers' kernels, after training, before calibration",
               "ranks": list(ranks), "weights_wide": weight_count(wide), "weights": weight_count(factored)}
     if len(y_val):
-        record["validation_accuracy_wide"] = accuracy(wide, val_inputs, y_val)
-        record["validation_accuracy"] = accuracy(factored, val_inputs, y_val)
+        record["validation_accuracy_wide"] = model_accuracy(wide, val_inputs, y_val)
+        record["validation_accuracy"] = model_accuracy(factored, val_inputs, y_val)
     return factored, record

@@ -7,6 +7,12 @@ from collections.abc import Sequence
 import numpy as np
 
 
+def model_accuracy(model, inputs: np.ndarray, labels: np.ndarray) -> float:
+    """Top-1 accuracy of anything with Keras' ``predict`` on float32 inputs in [0, 1]."""
+    probabilities = model.predict(inputs, batch_size=1000, verbose=0)
+    return float(np.mean(probabilities.argmax(axis=1) == np.asarray(labels).reshape(-1)))
+
+
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
     """Rows are true classes, columns predicted classes."""
     matrix = np.zeros((num_classes, num_classes), dtype=np.int64)

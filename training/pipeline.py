@@ -90,14 +90,13 @@ def version_accuracy(models_dir: Path, name: str, version: int, images, labels) 
     """A published version's accuracy on some uint8 images, from its saved Keras model (calibrated or not,
     the top-1 class is the same)."""
     import keras
-    import numpy as np
 
     from training.artifact import KERAS_FILE
+    from training.evaluation import model_accuracy
     from training.train import to_model_input
 
     model = keras.models.load_model(version_dir(models_dir, name, version) / KERAS_FILE)
-    probabilities = model.predict(to_model_input(images), batch_size=1000, verbose=0)
-    return float(np.mean(probabilities.argmax(axis=1) == labels))
+    return model_accuracy(model, to_model_input(images), labels)
 
 
 def evaluate_command(name: str, models_dir: Path, data_dir: Path | None, version: int | None,

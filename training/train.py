@@ -14,13 +14,14 @@ import numpy as np
 from training.architectures import build_mlp
 from training.augment import training_batches
 from training.baseline import course_baseline
-from training.compress import accuracy, compress, effective_ranks
+from training.compress import compress, effective_ranks
 from training.datasets import Dataset
 from training.feedback import FeedbackData
 from training.evaluation import (
     calibration_figures,
     classification_metrics,
     fit_temperature,
+    model_accuracy,
     reliability_bins,
     softmax,
 )
@@ -222,7 +223,7 @@ def low_rank(wide: keras.Model, config: TrainingConfig, data: Splits,
     accuracy measured here, once, beside the factored model's."""
     factored, record = compress(wide, config.hidden_units, config.ranks, config.dropout,
                                 to_model_input(data.x_val), data.y_val)
-    record["test_accuracy_wide"] = accuracy(wide, to_model_input(data.x_test), data.y_test)
+    record["test_accuracy_wide"] = model_accuracy(wide, to_model_input(data.x_test), data.y_test)
     report(f"factored to ranks {record['ranks']}: {record['weights_wide']:,} -> {record['weights']:,} weights"
            + (f", validation accuracy {record['validation_accuracy_wide']:.4f} -> {record['validation_accuracy']:.4f}"
               if "validation_accuracy" in record else ""))

@@ -23,7 +23,14 @@ from contract.layout import sha256_file
 from contract.metadata import SCHEMA_VERSION, write_metadata
 from training.quantize import INT8_VERIFICATION_TOLERANCE, quantize_and_measure
 from training.reference import training_reference
-from training.train import TrainingResult, to_model_input
+from training.train import TrainingResult, split, to_model_input
+from training.uncertainty import (
+    fit_feature_distance,
+    probe_images,
+    served_outputs,
+    uncertainty_records,
+    with_distance_output,
+)
 
 KERAS_FILE = "model.keras"
 ONNX_FILE = "model.onnx"
@@ -134,12 +141,30 @@ def save_inference_model(model: keras.Model, path: Path) -> None:
     inference_model.save(path)
 
 
-def write_artifact(folder: Path, version: int, dataset: Dataset, result: TrainingResult) -> dict:
+def add_feature_distance(dataset: Dataset, result: TrainingResult, onnx_bytes: bytes,
+                         int8_bytes: bytes | None) -> tuple[bytes, bytes | None]:
+    """Both graphs with the ``feature_distance`` output, fitted on the run's training images (the validation
+    hold-out excluded, so its distances are those of unseen images)."""
+    data = split(dataset, result.config)
+    whitening, means = fit_feature_distance(onnx_bytes, to_model_input(data.x_train), data.y_train,
+                                            len(dataset.spec.classes))
+    return (with_distance_output(onnx_bytes, whitening, means),
+            with_distance_output(int8_bytes, whitening, means) if int8_bytes is not None else None)
+
+
+def write_artifact(folder: Path, version: int, dataset: Dataset, result: TrainingResult,
+                   report=lambda line: None) -> dict:
     """Write every file of one version into ``folder``; metadata.json, with the files' hashes, comes last."""
     onnx_bytes, onnx_report = export_and_verify(result)
     int8_bytes, int8_report = quantize_and_measure(
         onnx_bytes, to_model_input(dataset.x_train), result.test_inputs, result.test_labels,
         result.test_probabilities, onnx_report["test_accuracy"])
+    uncertainty = None
+    if result.holdout_inputs is not None and len(result.holdout_inputs) >= 20:
+        onnx_bytes, int8_bytes = add_feature_distance(dataset, result, onnx_bytes, int8_bytes)
+        uncertainty = uncertainty_records(int8_bytes or onnx_bytes, result.holdout_inputs, result.holdout_labels,
+                                          result.test_inputs, result.test_labels, dataset.spec.classes,
+                                          probe_images(dataset, dataset.data_dir, report))
     save_inference_model(result.model, folder / KERAS_FILE)
     (folder / ONNX_FILE).write_bytes(onnx_bytes)
     count = min(VERIFICATION_SAMPLES, len(result.test_inputs))
@@ -149,6 +174,10 @@ def write_artifact(folder: Path, version: int, dataset: Dataset, result: Trainin
     if int8_bytes is not None:
         (folder / INT8_ONNX_FILE).write_bytes(int8_bytes)
         samples["probabilities_onnx_int8"] = onnx_probabilities(int8_bytes, result.test_inputs[:count])
+    if uncertainty is not None:
+        samples["feature_distance"] = served_outputs(onnx_bytes, result.test_inputs[:count])[1]
+        if int8_bytes is not None:
+            samples["feature_distance_onnx_int8"] = served_outputs(int8_bytes, result.test_inputs[:count])[1]
     np.savez_compressed(folder / VERIFICATION_FILE, **samples)
     metadata = build_metadata(dataset, result, version, onnx_report, int8_report)
     if result.calibration is not None:
@@ -160,6 +189,8 @@ def write_artifact(folder: Path, version: int, dataset: Dataset, result: Trainin
                                       "served": reliability_bins(result.test_labels, served_probabilities)}
         metadata["calibration"] = calibration
     metadata["monitoring_reference"] = training_reference(dataset, onnx_bytes)
+    if uncertainty is not None:
+        metadata.update(uncertainty)
     write_model_card(folder, metadata)
     metadata["files"] = {p.name: sha256_file(p) for p in sorted(folder.iterdir()) if p.is_file()}
     write_metadata(folder, metadata)

@@ -121,6 +121,9 @@ class Dataset:
     y_test: np.ndarray
     source: str
     _fingerprint: str | None = field(default=None, repr=False)
+    # The data directory it was loaded from (None: the Keras cache or download), where related datasets are
+    # looked for too (the out-of-distribution probe, training/uncertainty.py).
+    data_dir: Path | None = None
 
     @property
     def fingerprint(self) -> str:
@@ -168,6 +171,7 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, download:
     for root in roots:
         dataset = _load_from_root(spec, root, tried)
         if dataset is not None:
+            dataset.data_dir = Path(data_dir) if data_dir is not None else None
             return dataset
     if data_dir is None and download:
         try:

@@ -15,6 +15,9 @@ from onnx import TensorProto, helper, numpy_helper
 ONNX_OPSET = 17
 INPUT_NAME = "pixels"
 OUTPUT_NAME = "probabilities"
+# The last hidden layer's output, what the final Dense layer reads: a second graph output, from which the
+# out-of-distribution step adds the feature distance (training/uncertainty.py).
+FEATURES_NAME = "features"
 # Layers that do nothing at inference time.
 IDENTITY_LAYERS = (
     "InputLayer", "Dropout", "GaussianNoise", "GaussianDropout", "AlphaDropout", "ActivityRegularization",
@@ -110,7 +113,8 @@ def keras_to_onnx(model: keras.Model) -> onnx.ModelProto:
     graph = _GraphBuilder()
     dense = _PendingDense(graph)
     previous = None
-    for layer in model.layers:
+    last_dense = max((i for i, layer in enumerate(model.layers) if type(layer).__name__ == "Dense"), default=-1)
+    for index, layer in enumerate(model.layers):
         kind = type(layer).__name__
         if previous is not None and layer.input is not previous.output:
             raise ExportError(f"layer {layer.name!r} does not take the previous layer's output: only chains export")
@@ -119,6 +123,9 @@ def keras_to_onnx(model: keras.Model) -> onnx.ModelProto:
             continue
         dense.flush()
         if kind == "Dense":
+            if index == last_dense:
+                graph.nodes.append(helper.make_node("Identity", [graph.current], [FEATURES_NAME]))
+                graph.current = FEATURES_NAME
             dense.start(layer)
         else:
             _write_layer(graph, layer, kind)
@@ -160,7 +167,9 @@ def _onnx_model(graph: _GraphBuilder, model: keras.Model) -> onnx.ModelProto:
         graph.nodes,
         model.name,
         [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, input_shape)],
-        [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, output_shape)],
+        [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, output_shape),
+         *([helper.make_tensor_value_info(FEATURES_NAME, TensorProto.FLOAT, ["batch", _features_width(model)])]
+           if any(node.output[0] == FEATURES_NAME for node in graph.nodes) else [])],
         graph.initializers,
     )
     onnx_model = helper.make_model(
@@ -169,6 +178,10 @@ def _onnx_model(graph: _GraphBuilder, model: keras.Model) -> onnx.ModelProto:
     onnx_model.ir_version = 8  # readable by every ONNX Runtime release since 1.10
     onnx.checker.check_model(onnx_model)
     return onnx_model
+
+
+def _features_width(model: keras.Model) -> int:
+    return int([layer for layer in model.layers if type(layer).__name__ == "Dense"][-1].kernel.shape[0])
 
 
 def _batchnorm_affine(layer) -> tuple[np.ndarray, np.ndarray]:
@@ -182,11 +195,16 @@ def _batchnorm_affine(layer) -> tuple[np.ndarray, np.ndarray]:
 
 def onnx_probabilities(onnx_bytes: bytes, inputs: np.ndarray, batch_size: int = 1000) -> np.ndarray:
     """Run the exported graph with ONNX Runtime, as the service will."""
+    return onnx_outputs(onnx_bytes, inputs, OUTPUT_NAME, batch_size)
+
+
+def onnx_outputs(onnx_bytes: bytes, inputs: np.ndarray, output: str, batch_size: int = 1000) -> np.ndarray:
+    """One named output of the graph over ``inputs``, in batches."""
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
     session = onnxruntime.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
     return np.concatenate([
-        session.run([OUTPUT_NAME], {INPUT_NAME: inputs[i:i + batch_size]})[0]
+        session.run([output], {INPUT_NAME: inputs[i:i + batch_size]})[0]
         for i in range(0, len(inputs), batch_size)
     ])

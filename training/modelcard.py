@@ -87,6 +87,68 @@ As served (`{served['runtime']}`), on the test split: ECE **{served['ece']:.4f}*
 """
 
 
+def conformal_section(metadata: dict) -> str:
+    record = metadata.get("conformal")
+    if not record:
+        return ""
+    test = record["test"]
+    samples = record["samples_per_class"]
+    lines = []
+    for guarantee, label in (("per_class", "per class (Mondrian)"), ("marginal", "marginal")):
+        for row in test[guarantee]:
+            lines.append(f"| {label} | {row['coverage_target']:.2f} | {row['coverage']:.2%} | "
+                         f"{row['min_class_coverage']:.2%} | {row['mean_set_size']:.2f} | {row['empty_sets']:.2%} |")
+    per_class = test["per_class"][1]  # 0.9
+    header = " | ".join(c["class"] for c in per_class["per_class"])
+    coverage = " | ".join(f"{c['coverage']:.1%}" for c in per_class["per_class"])
+    sizes = " | ".join(f"{c['mean_set_size']:.2f}" for c in per_class["per_class"])
+    return f"""
+## Prediction sets
+Split conformal prediction (APS scores randomized by the prediction id), fitted on {record['samples']:,} validation
+images that neither training nor the temperature saw ({min(samples)} to {max(samples)} per class), with the
+served runtime's probabilities. `/predict?coverage=0.9` returns, per image, a set of labels that holds the
+true one with probability at least 0.9: for each true class with the per-class guarantee (the default), on
+average over images with the marginal one. On the {metadata['metrics']['test']['samples']:,} test images:
+
+| guarantee | target | coverage | lowest class | mean set size | empty sets |
+|---|---|---|---|---|---|
+""" + "\n".join(lines) + f"""
+
+Per class at 0.90 (per-class guarantee):
+
+| | {header} |
+|{'---|' * (len(per_class['per_class']) + 1)}
+| coverage | {coverage} |
+| mean set size | {sizes} |
+
+A set may be empty when the coverage asked is below the model's accuracy: the guarantee is then met without
+naming a label for the images the model is surest of. The guarantee holds for images like the calibration
+images; under drift it does not, which is what the out-of-distribution p-value is for.
+"""
+
+
+def ood_section(metadata: dict) -> str:
+    record = metadata.get("out_of_distribution")
+    if not record:
+        return ""
+    test = record["test"]
+    if "auroc" in test:
+        by_statistic = ", ".join(f"{name.replace('_', ' ')} {value:.3f}"
+                                 for name, value in test["auroc_by_statistic"].items())
+        probe = (f"Against {test['probe']}: **AUROC {test['auroc']:.3f}** (each statistic alone: {by_statistic}); "
+                 f"at p <= 0.01, {test['probe_flagged_at_0.01']:.1%} of those images are flagged and "
+                 f"{test['test_flagged_at_0.01']:.1%} of the {test['test_images']:,} test images.")
+    else:
+        probe = (f"No out-of-distribution probe was available when this version was published; at p <= 0.01, "
+                 f"{test['test_flagged_at_0.01']:.1%} of the test images are flagged.")
+    return f"""
+## Out-of-distribution p-value
+Each answer carries a p-value of how unlike the training data its input is: the share of held-out training-
+distribution images ({record['reference']}) that look at least as unusual, the smallest of three p-values: the feature
+distance (Mahalanobis, last hidden layer), the mean intensity and the contrast. {probe}
+"""
+
+
 def production_section(metadata: dict) -> str:
     production = metadata.get("metrics", {}).get("production")
     if not production:
@@ -104,7 +166,8 @@ def render_model_card(metadata: dict) -> str:
 
 Dense-only image classifier ({metadata['input']['color_mode']} {'x'.join(map(str, metadata['input']['shape']))}),
 {metadata['training']['parameters']:,} parameters, created {metadata['created_at']}.
-""" + results_section(metadata) + calibration_section(metadata) + production_section(metadata)
+""" + results_section(metadata) + calibration_section(metadata) + conformal_section(metadata)
+            + ood_section(metadata) + production_section(metadata)
             + training_section(metadata) + data_section(metadata))
 
 

@@ -47,7 +47,9 @@ class TrainingConfig:
     # After training, hidden layer i's kernel becomes its truncated SVD at ranks[i] (0: kept whole), so a served
     # image reads fewer weights (training/compress.py); () serves the wide model as trained.
     ranks: tuple[int, ...] = ()
-    validation_size: int = 5000  # held out of the training split for the learning curves
+    # Held out of the training split: the learning curves use all of it; its first fifth fits the temperature,
+    # the rest the conformal thresholds and the out-of-distribution reference (``calibration_split``).
+    validation_size: int = 5000
     seed: int = 0
     train_limit: int | None = None  # train on the first N (shuffled) images: quick runs and tests
     test_limit: int | None = None  # evaluate on the first N test images: quick runs and tests
@@ -59,7 +61,7 @@ class TrainingConfig:
 # The shipped recipes; docs/training.md has their measured figures and training times.
 DEFAULT_CONFIGS = {
     "fashion_mnist": TrainingConfig("fashion_mnist", epochs=60, hidden_units=(1024, 512), dropout=0.2,
-                                    label_smoothing=0.0, max_shift=1, validation_size=3000, ranks=(256, 256)),
+                                    label_smoothing=0.0, max_shift=1, validation_size=6000, ranks=(256, 256)),
     "cifar10": TrainingConfig("cifar10", epochs=45, hidden_units=(1024, 512), dropout=0.2, batch_size=256,
                               max_shift=2, ranks=(128, 0)),
     # No flips: a mirrored digit is another shape. Grey backgrounds: a digit written in ink on paper is, once the
@@ -83,6 +85,10 @@ class TrainingResult:
     duration_seconds: float
     calibration: dict | None = None
     extra: dict = field(default_factory=dict)
+    # The validation images no step has fitted anything on: the conformal thresholds and the out-of-distribution
+    # reference are fitted on them, with the served runtime's outputs, at publish time (training/uncertainty.py).
+    holdout_inputs: np.ndarray | None = None
+    holdout_labels: np.ndarray | None = None
 
 
 def to_model_input(images: np.ndarray) -> np.ndarray:
@@ -146,6 +152,19 @@ def split(dataset: Dataset, config: TrainingConfig) -> Splits:
     test_count = config.test_limit or len(dataset.x_test)
     return Splits(dataset.x_train[train_idx], dataset.y_train[train_idx], dataset.x_train[validation_idx],
                   dataset.y_train[validation_idx], dataset.x_test[:test_count], dataset.y_test[:test_count])
+
+
+# The share of the validation hold-out the temperature is fitted on: one parameter needs few images, while
+# per-class conformal thresholds need hundreds of each class (docs/api.md#prediction-sets-unsure-and-out-of-distribution).
+TEMPERATURE_SHARE = 0.2
+
+
+def calibration_split(data: Splits) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """The validation hold-out cut in two: (images, labels) the temperature is fitted on, and (images, labels)
+    kept for the conformal thresholds. A conformal guarantee needs calibration images the model, temperature
+    included, was never fitted on."""
+    cut = int(len(data.x_val) * TEMPERATURE_SHARE)
+    return (data.x_val[:cut], data.y_val[:cut]), (data.x_val[cut:], data.y_val[cut:])
 
 
 def with_feedback(x_train: np.ndarray, y_train: np.ndarray, feedback: FeedbackData | None,
@@ -231,23 +250,27 @@ def low_rank(wide: keras.Model, config: TrainingConfig, data: Splits,
 
 
 def measure(model: keras.Model, data: Splits, classes: tuple[str, ...], report: Callable[[str], None]) -> dict:
-    """Calibrate on the validation hold-out, then measure once on the test split: the result's figures."""
+    """Calibrate on the first part of the validation hold-out, then measure once on the test split: the result's
+    figures, with the rest kept for the conformal step."""
     test_inputs = to_model_input(data.x_test)
-    calibration = validation_metrics = None
-    if len(data.x_val):
-        val_inputs = to_model_input(data.x_val)
-        calibration = calibrate(model, val_inputs, data.y_val, test_inputs, data.y_test)
+    calibration = validation_metrics = holdout_inputs = holdout_labels = None
+    (x_temperature, y_temperature), (x_holdout, holdout_labels) = calibration_split(data)
+    if len(x_temperature):
+        val_inputs = to_model_input(x_temperature)
+        calibration = calibrate(model, val_inputs, y_temperature, test_inputs, data.y_test)
+        holdout_inputs = to_model_input(x_holdout)
     test_probabilities = model.predict(test_inputs, batch_size=1000, verbose=0)
     if calibration is not None:
         val_probabilities = model.predict(val_inputs, batch_size=1000, verbose=0)
-        validation_metrics = classification_metrics(data.y_val, val_probabilities, classes)
-        calibration["validation"]["after"] = calibration_figures(data.y_val, val_probabilities)
+        validation_metrics = classification_metrics(y_temperature, val_probabilities, classes)
+        calibration["validation"]["after"] = calibration_figures(y_temperature, val_probabilities)
         calibration["test"]["after"] = calibration_figures(data.y_test, test_probabilities)
         report(f"calibration: temperature {calibration['temperature']:.4f}, validation ECE "
                f"{calibration['validation']['before']['ece']:.4f} -> {calibration['validation']['after']['ece']:.4f}")
     return {"test_metrics": classification_metrics(data.y_test, test_probabilities, classes),
             "validation_metrics": validation_metrics, "test_inputs": test_inputs, "test_labels": data.y_test,
-            "test_probabilities": test_probabilities, "calibration": calibration}
+            "test_probabilities": test_probabilities, "calibration": calibration,
+            "holdout_inputs": holdout_inputs, "holdout_labels": holdout_labels if holdout_inputs is not None else None}
 
 
 def production_figures(model: keras.Model, feedback: FeedbackData) -> dict:

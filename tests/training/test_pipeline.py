@@ -77,7 +77,8 @@ def test_calibration_is_fitted_on_validation_baked_in_and_recorded(published):
 
     models_dir, version, result, metadata = published
     calibration = metadata["calibration"]
-    assert calibration["temperature"] > 0 and calibration["validation"]["samples"] == 500
+    # The first fifth of the hold-out fits the temperature; the rest is kept for the conformal step.
+    assert calibration["temperature"] > 0 and calibration["validation"]["samples"] == 100
     for split in ("validation", "test"):
         assert set(calibration[split]["before"]) == set(calibration[split]["after"]) == {"ece", "nll"}
         # Temperature scaling minimizes the validation NLL, so it can only go down there.
@@ -90,6 +91,34 @@ def test_calibration_is_fitted_on_validation_baked_in_and_recorded(published):
     assert calibration["reliability"]["served"] == reliability_bins(result.test_labels, probabilities)
     card = (version.path / "MODEL_CARD.md").read_text()
     assert "## Calibration" in card and (version.path / "reliability.png").exists()
+
+
+def test_sets_and_the_ood_reference_are_fitted_on_the_unused_half_and_load_in_the_service(published):
+    from contract import conformal
+    from service.inference.registry import load_version
+    from training.uncertainty import served_outputs
+
+    models_dir, version, result, metadata = published
+    record = metadata["conformal"]
+    assert record["samples"] == 400 == len(result.holdout_labels) and len(record["per_class"]) == 10
+    assert record["levels"] == list(conformal.COVERAGE_LEVELS)
+    # The test figures are what the stored thresholds do to the served probabilities.
+    served = (version.path / "model.int8.onnx").read_bytes()
+    probabilities, distances = served_outputs(served, result.test_inputs)
+    from contract.ids import input_id
+    u = conformal.tie_breaks([input_id(x) for x in result.test_inputs])
+    again = conformal.coverage_report(probabilities, result.test_labels, u, conformal.Thresholds(record),
+                                      tuple(metadata["classes"]))
+    assert again == record["test"]
+    ood = metadata["out_of_distribution"]
+    assert ood["component_samples"] + ood["combined_samples"] == 400 and ood["test"]["test_images"] == 1000
+    assert "auroc" not in ood["test"]  # this Dataset was built without a data directory: no probe to measure
+    assert distances.shape == (1000,) and np.all(distances > 0)
+    card = (version.path / "MODEL_CARD.md").read_text()
+    assert "## Prediction sets" in card and "## Out-of-distribution p-value" in card
+    loaded = load_version(models_dir, "fashion_mnist", 1, "auto")
+    assert loaded.uncertainty.thresholds is not None and loaded.uncertainty.ood_record is not None
+    assert loaded.runtime.run(result.test_inputs[:4])[1].shape == (4,)
 
 
 def test_onnx_export_reproduces_keras_on_real_test_images(published):
@@ -246,7 +275,11 @@ def test_a_low_rank_recipe_publishes_the_factored_model_with_the_wide_ones_figur
     assert [layer.name for layer in result.model.layers if layer.name.endswith("_factor")] == ["dense_1_factor",
                                                                                             "dense_2_factor"]
     graph = onnx.load(str(version.path / ONNX_FILE)).graph
-    assert sum(node.op_type == "MatMul" for node in graph.node) == 5  # two per factored layer, one for the output
+    # Two per factored layer, one for the output; two more for the feature distance (whitening, class means).
+    network = [node for node in graph.node if not node.output[0].startswith("ood_")
+               and node.output[0] != "feature_distance"]
+    assert sum(node.op_type == "MatMul" for node in network) == 5
+    assert sum(node.op_type == "MatMul" for node in graph.node) == 7
     onnx_out = onnx_probabilities((version.path / ONNX_FILE).read_bytes(), result.test_inputs)
     assert np.max(np.abs(onnx_out - result.test_probabilities)) < 1e-4
     assert metadata["quantization"]["published"] and metadata["calibration"]["temperature"] > 0

@@ -10,6 +10,7 @@ the normalized pixels, which is also the prediction id every response carries.
 from __future__ import annotations
 
 import io
+import json
 import os
 import threading
 import time
@@ -52,6 +53,11 @@ retained = sa.Table(
     sa.Column("created_at", sa.Float, nullable=False, index=True),
     sa.Column("image_file", sa.String(256), nullable=False),
     sa.Column("size_bytes", sa.Integer, nullable=False),
+    # What ranks it in the labeling queue (added later: databases made before them gain them on first use).
+    sa.Column("set_labels", sa.Text),  # JSON list: the prediction set at QUEUE_COVERAGE, per class
+    sa.Column("set_size", sa.Integer),
+    sa.Column("ood_score", sa.Float),
+    sa.Column("ood_p_value", sa.Float),
 )
 
 
@@ -88,6 +94,33 @@ class RetainedPrediction:
     image_file: str
 
 
+@dataclass(frozen=True)
+class QueuedImage:
+    """A retained input waiting for a label, with what ranks it: its set and how unusual it is."""
+
+    image_id: str
+    model_version: int
+    predicted_label: str
+    created_at: float
+    image_file: str
+    set_labels: list[str] | None
+    ood_score: float | None
+    ood_p_value: float | None
+
+    @property
+    def unsure(self) -> bool | None:
+        return None if self.set_labels is None else len(self.set_labels) > 1
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """What a retained input is ranked by in the labeling queue (None where the version has no such record)."""
+
+    set_labels: list[str] | None = None
+    ood_score: float | None = None
+    ood_p_value: float | None = None
+
+
 class FeedbackStore:
     """The database and the images folder; safe to share between threads, one per process."""
 
@@ -109,12 +142,23 @@ class FeedbackStore:
             for attempt in range(5):
                 try:
                     metadata.create_all(self.engine)
+                    self._add_missing_columns()
                     break
                 except sa.exc.DBAPIError:
                     if attempt == 4:
                         raise
                     time.sleep(0.05 * (attempt + 1))
             self._tables_ready = True
+
+    def _add_missing_columns(self) -> None:
+        """Columns added to a table after databases were made with it, added to those databases (nullable)."""
+        for table in (retained,):
+            present = {column["name"] for column in sa.inspect(self.engine).get_columns(table.name)}
+            for column in table.columns:
+                if column.name not in present:
+                    kind = column.type.compile(dialect=self.engine.dialect)
+                    with self.engine.begin() as connection:
+                        connection.execute(sa.text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}'))
 
     def _begin(self):
         self._ensure_tables()
@@ -213,20 +257,24 @@ class FeedbackStore:
     # --- retained predictions -----------------------------------------------------------------------------
 
     def retain(self, image_id: str, pixels: np.ndarray, model: str, model_version: int,
-               predicted_label: str) -> None:
+               predicted_label: str, ranking: Ranking = Ranking()) -> None:
         """Keep a served input for later feedback by id; a repeat refreshes its time."""
         relative, size = self.save_image(image_id, pixels)
         now = time.time()
+        ranked = {"set_labels": None if ranking.set_labels is None else json.dumps(ranking.set_labels),
+                  "set_size": None if ranking.set_labels is None else len(ranking.set_labels),
+                  "ood_score": ranking.ood_score, "ood_p_value": ranking.ood_p_value}
         with self._begin() as connection:
             updated = connection.execute(retained.update().where(
                 (retained.c.model == model) & (retained.c.image_id == image_id)).values(
-                created_at=now, model_version=model_version, predicted_label=predicted_label)).rowcount
+                created_at=now, model_version=model_version, predicted_label=predicted_label, **ranked)).rowcount
             if not updated:
                 try:
                     with connection.begin_nested():
                         connection.execute(retained.insert().values(
                             model=model, image_id=image_id, model_version=model_version,
-                            predicted_label=predicted_label, created_at=now, image_file=relative, size_bytes=size))
+                            predicted_label=predicted_label, created_at=now, image_file=relative, size_bytes=size,
+                            **ranked))
                 except sa.exc.IntegrityError:
                     pass  # another worker retained the same image at the same moment
 
@@ -238,6 +286,25 @@ class FeedbackStore:
         with self._connect() as connection:
             row = connection.execute(query).first()
         return RetainedPrediction(*row) if row else None
+
+    def labeling_queue(self, model: str, limit: int, max_age_seconds: float) -> list[QueuedImage]:
+        """Retained inputs of ``model`` with no label yet, those a label would help most first: unsure ones (a
+        set of more than one label), then the most unlike the training data, then the newest."""
+        labeled = sa.select(feedback.c.image_id).where(
+            (feedback.c.model == model) & (feedback.c.image_id == retained.c.image_id))
+        query = sa.select(retained.c.image_id, retained.c.model_version, retained.c.predicted_label,
+                          retained.c.created_at, retained.c.image_file, retained.c.set_labels,
+                          retained.c.ood_score, retained.c.ood_p_value).where(
+            (retained.c.model == model) & (retained.c.created_at >= time.time() - max_age_seconds)
+            & ~sa.exists(labeled)).order_by(
+            sa.case((retained.c.set_size > 1, 0), else_=1),
+            sa.case((retained.c.ood_score.is_(None), 1), else_=0), retained.c.ood_score.desc(),
+            retained.c.created_at.desc(), retained.c.image_id).limit(limit)
+        with self._connect() as connection:
+            rows = connection.execute(query).all()
+        return [QueuedImage(row.image_id, row.model_version, row.predicted_label, row.created_at, row.image_file,
+                            None if row.set_labels is None else json.loads(row.set_labels), row.ood_score,
+                            row.ood_p_value) for row in rows]
 
     def prune_retained(self, max_age_seconds: float, max_bytes: int) -> int:
         """Forget retained predictions older than the age limit, then the oldest beyond the size limit."""

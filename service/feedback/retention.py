@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 
-import numpy as np
 import sqlalchemy as sa
 
-from contract.feedback_store import FeedbackStore
+from contract.feedback_store import FeedbackStore, Ranking
+from service.inference.classify import Classified
 from service.inference.registry import LoadedModel
+from service.inference.uncertainty import QUEUE_SET, prediction_sets
 
 log = logging.getLogger("service.feedback")
 
@@ -22,14 +23,29 @@ class Retention:
         self.store, self.max_bytes, self.max_age_seconds = store, max_bytes, max_age_seconds
         self.kept = 0
 
-    def keep(self, model: LoadedModel, batch: np.ndarray, ids: list[str], predicted: list[int]) -> None:
+    def keep(self, model: LoadedModel, classified: Classified, predicted: list[int]) -> None:
         """Never fails the prediction it follows: a store that is down costs the retained copy, not the answer."""
+        ids = classified.ids
         try:
-            for pixels, image_id, index in zip(batch, ids, predicted):
-                self.store.retain(image_id, pixels, model.name, model.version, model.classes[index])
+            for position, ranking in enumerate(rankings(model, classified)):
+                self.store.retain(ids[position], classified.inputs[position], model.name, model.version,
+                                  model.classes[predicted[position]], ranking)
             self.kept += len(ids)
             if self.kept >= self.PRUNE_EVERY:
                 self.kept = 0
                 self.store.prune_retained(self.max_age_seconds, self.max_bytes)
         except (sa.exc.SQLAlchemyError, OSError) as error:
             log.warning("could not retain %d input(s) of %s for feedback: %s", len(ids), model.name, error)
+
+
+def rankings(model: LoadedModel, classified: Classified) -> list[Ranking]:
+    """What each input is ranked by in the labeling queue: its set at QUEUE_SET and how unusual it is."""
+    sets = prediction_sets(model.uncertainty, model.name, classified.probabilities, classified.ids, QUEUE_SET) \
+        if model.uncertainty.thresholds is not None else None
+    result = []
+    for position in range(len(classified.ids)):
+        labels = None if sets is None else [model.classes[i] for i in sets[position].indices]
+        scores = (None, None) if classified.ood_scores is None else \
+            (float(classified.ood_scores[position]), float(classified.ood_p_values[position]))
+        result.append(Ranking(labels, *scores))
+    return result

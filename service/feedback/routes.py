@@ -1,6 +1,7 @@
 """``POST /feedback``: the true label of an image, from production, for the next retrain; behind a bearer token.
 
-A label comes with the image itself (multipart or raw, like ``/predict``) or with the ``id`` of a recent
+``GET /feedback/queue`` lists retained inputs in the order a label would help most (unsure first, then the most
+unlike the training data), for the page's label view. A label comes with the image itself (multipart or raw, like ``/predict``) or with the ``id`` of a recent
 prediction, when inputs are retained (``RETAIN_PREDICTIONS``, opt-in). The image is normalized exactly as
 ``/predict`` would, so the stored picture is what the model sees and its id is the prediction's id. Reads
 (``GET /feedback/stats``) are open; writes need ``Authorization: Bearer $FEEDBACK_TOKEN``.
@@ -31,9 +32,10 @@ from service.feedback.errors import (
 from service.feedback.labels import parse_label
 from service.feedback.rate_limit import RateLimit
 from service.http.state import AppState
-from service.inference.images import DecodeLimits, inspect_image
+from service.inference.images import DecodeLimits, input_body, inspect_image
 from service.inference.registry import LoadedModel
-from service.inference.uploads import read_form
+from service.inference.uncertainty import QUEUE_SET
+from service.inference.uploads import read_form, whole_number
 from service.settings import Settings
 
 if TYPE_CHECKING:  # the store, and SQLAlchemy with it, is imported only when feedback is on (service.app)
@@ -78,6 +80,22 @@ def blueprint(state: AppState) -> Blueprint:
             raise UnknownPrediction(f"no feedback for {name!r} has this id")
         return jsonify({"model": name, "id": image_id, "deleted": deleted})
 
+    @routes.get("/feedback/queue")
+    @database_down_is_503
+    def labeling_queue():
+        """Retained inputs that a label would help most, unsure first; behind the token (they are users' images)."""
+        require_token(settings, request)
+        if not settings.retain_predictions:
+            raise FeedbackOff("the labeling queue needs retained predictions: this server does not retain them "
+                              "(RETAIN_PREDICTIONS is off)")
+        model = state.served_model(request.args.get("model", settings.default_model))
+        limit = whole_number(request.args.get("limit", str(QUEUE_DEFAULT)))
+        if limit is None or not 1 <= limit <= QUEUE_MAX:
+            raise InvalidParameter(f"limit must be a whole number from 1 to {QUEUE_MAX}")
+        queued = state.feedback_store.labeling_queue(model.name, limit, settings.retain_max_age_seconds)
+        return jsonify({"model": model.name, "coverage": QUEUE_SET.coverage, "guarantee": QUEUE_SET.guarantee,
+                        "items": [queue_item(state.feedback_store, item) for item in queued]})
+
     @routes.get("/feedback/stats")
     @database_down_is_503
     def feedback_stats():
@@ -93,6 +111,17 @@ def blueprint(state: AppState) -> Blueprint:
                         "models": [store.stats(name) for name in names]})
 
     return routes
+
+
+QUEUE_DEFAULT, QUEUE_MAX = 20, 100
+
+
+def queue_item(store: FeedbackStore, item) -> dict:
+    """One queued input as the label view shows it: the image as the model saw it, its set, how unusual it is."""
+    return {"id": item.image_id, "model_version": item.model_version, "predicted_label": item.predicted_label,
+            "prediction_set": item.set_labels, "unsure": item.unsure, "ood_score": item.ood_score,
+            "ood_p_value": item.ood_p_value, "retained_at": round(item.created_at, 3),
+            "input": input_body(store.read_image(item.image_file).astype(np.float32) / np.float32(255.0))}
 
 
 def record_feedback(state: AppState, request: Request):

@@ -23,6 +23,22 @@ def _served_calibration(document: dict) -> dict | None:
     return {k: served[k] for k in ("runtime", "ece", "nll")} if served else None
 
 
+def _uncertainty(model: LoadedModel, detail: bool) -> dict:
+    """What the version can add to an answer: prediction sets (with their measured coverage) and the
+    out-of-distribution p-value (with its measured AUROC)."""
+    document = model.metadata.document
+    conformal, ood = document.get("conformal"), document.get("out_of_distribution")
+    body = {"prediction_sets": model.uncertainty.thresholds is not None,
+            "out_of_distribution": model.uncertainty.ood_record is not None}
+    if detail and conformal and body["prediction_sets"]:
+        body["conformal"] = {"method": conformal["method"], "calibration_images": conformal["samples"],
+                             "levels": {"from": conformal["levels"][0], "to": conformal["levels"][-1], "step": 0.01},
+                             "test": conformal["test"]}
+    if detail and ood and body["out_of_distribution"]:
+        body["ood"] = {"method": ood["method"], "reference": ood["reference"], "test": ood["test"]}
+    return body
+
+
 def describe_model(model: LoadedModel, detail: bool) -> dict:
     document = model.metadata.document
     test = document["metrics"]["test"]
@@ -41,6 +57,7 @@ def describe_model(model: LoadedModel, detail: bool) -> dict:
                     # As served: ECE and NLL of the runtime's own probabilities on the test split.
                     "calibration": _served_calibration(document),
                     "production": document["metrics"].get("production")},
+        "uncertainty": _uncertainty(model, detail),
         "created_at": document.get("created_at"),
         "loaded_at": time.strftime(TIME_FORMAT, time.gmtime(model.loaded_at)),
     }

@@ -18,21 +18,25 @@ from service.errors import InvalidTensor
 from service.inference.decode_gate import DecodeGate
 from service.inference.images import DecodeLimits, UploadFacts, decode_planned, plan_batch
 from service.inference.registry import LoadedModel
+from service.inference.uncertainty import ood_scores
 from service.observability import metrics
 from service.observability.model_monitor import ModelMonitor
 
-# Called after each classified batch with (model, inputs, ids, predicted classes), e.g. to retain inputs for
-# feedback by id (service.feedback.retention); never allowed to fail the prediction it follows.
-KeepInputs = Callable[[LoadedModel, np.ndarray, list[str], list[int]], None]
+# Called after each classified batch with (model, what was classified, predicted classes), e.g. to retain inputs
+# for feedback by id (service.feedback.retention); never allowed to fail the prediction it follows.
+KeepInputs = Callable[[LoadedModel, "Classified", list[int]], None]
 
 
 class Classified(NamedTuple):
     """What the model saw (normalization explains many answers), what it answered, and each input's id: the
-    SHA-256 of its normalized pixels, by which feedback can name the prediction."""
+    SHA-256 of its normalized pixels, by which feedback can name the prediction. With a version that records an
+    out-of-distribution reference, each input's score and p-value (``service.inference.uncertainty``)."""
 
     inputs: np.ndarray
     probabilities: np.ndarray
     ids: list[str]
+    ood_scores: np.ndarray | None = None
+    ood_p_values: np.ndarray | None = None
 
 
 class Inference:
@@ -63,7 +67,7 @@ class Inference:
     def _predict(self, model: LoadedModel, batch: np.ndarray, started: float,
                  uploads: list[UploadFacts] | None = None) -> Classified:
         prepared = time.perf_counter()
-        probabilities = model.runtime.predict(batch)
+        probabilities, distance = model.runtime.run(batch)
         inferred = time.perf_counter()
         metrics.series(metrics.DECODE_DURATION, model.name).observe(prepared - started)
         metrics.series(metrics.INFERENCE_DURATION, model.name).observe(inferred - prepared)
@@ -71,11 +75,13 @@ class Inference:
         predicted = probabilities.argmax(axis=1).tolist()
         for index in predicted:
             metrics.series(metrics.PREDICTIONS, model.name, model.classes[index]).inc()
-        self.monitor.observe(model, batch, probabilities, predicted, uploads)
+        scores = ood_scores(model.uncertainty, batch, distance)
+        self.monitor.observe(model, batch, probabilities, predicted, uploads, scores[1] if scores else None)
         ids = [input_id(pixels) for pixels in batch]
+        classified = Classified(batch, probabilities, ids, *(scores or (None, None)))
         if self.keep_inputs is not None:
-            self.keep_inputs(model, batch, ids, predicted)
-        return Classified(batch, probabilities, ids)
+            self.keep_inputs(model, classified, predicted)
+        return classified
 
 
 def check_pixels(model: LoadedModel, pixels: np.ndarray) -> np.ndarray:

@@ -19,6 +19,7 @@ the model was evaluated on.
 
 from __future__ import annotations
 
+import base64
 import io
 import math
 import struct
@@ -409,3 +410,10 @@ def encode_model_input(pixels: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(np.rint(pixels * 255).astype(np.uint8)).save(buffer, format="PNG", compress_level=1)
     return buffer.getvalue()
+
+
+def input_body(pixels: np.ndarray) -> dict:
+    """The image as the model saw it, as the JSON answers show it: a base64 PNG and its size."""
+    height, width = pixels.shape[:2]
+    return {"width": width, "height": height, "mode": "L" if pixels.ndim == 2 else "RGB",
+            "png_base64": base64.b64encode(encode_model_input(pixels)).decode()}

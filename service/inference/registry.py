@@ -21,7 +21,8 @@ from contract.layout import current_version, published_models, sha256_file, vers
 from contract.metadata import InputSpec, MetadataError, VersionMetadata, read_metadata
 from service.observability import metrics
 from service.errors import NotReady, UnknownModel, UnknownVersion
-from service.inference.runtimes import Runtime, load_runtime, resolve_kind
+from service.inference.runtimes import DISTANCE_OUTPUT, Runtime, load_runtime, resolve_kind
+from service.inference.uncertainty import ModelUncertainty
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,7 @@ class LoadedModel:
     path: Path
     metadata: VersionMetadata
     runtime: Runtime
+    uncertainty: ModelUncertainty = ModelUncertainty(None, None)
     loaded_at: float = field(default_factory=time.time)
 
     @property
@@ -71,11 +73,12 @@ def load_version(models_dir: Path, name: str, version: int, runtime_kind: str) -
                     raise VersionRefused(f"{path}: {file_name} does not match its recorded hash")
         runtime = load_runtime(metadata.runtimes[kind], path)
         _verify(runtime, path / metadata.verification_file, metadata)
+        uncertainty = ModelUncertainty.from_metadata(metadata, runtime.has_distance)
     except VersionRefused:
         raise
     except Exception as exc:  # any failure to load is a refusal, never a crash of the worker
         raise VersionRefused(f"{path}: {type(exc).__name__}: {exc}") from exc
-    return LoadedModel(name, version, path, metadata, runtime)
+    return LoadedModel(name, version, path, metadata, runtime, uncertainty)
 
 
 def _verify(runtime: Runtime, samples_path: Path, metadata: VersionMetadata) -> None:
@@ -86,13 +89,21 @@ def _verify(runtime: Runtime, samples_path: Path, metadata: VersionMetadata) -> 
         if check.verification_outputs not in samples:
             raise VersionRefused(f"the verification samples have no {check.verification_outputs!r}")
         pixels, expected = samples["pixels"], samples[check.verification_outputs]
+        distance_key = DISTANCE_OUTPUT + ("_onnx_int8" if runtime.kind == "onnx_int8" else "")
+        expected_distance = samples[distance_key] if distance_key in samples else None
     if pixels.shape[1:] != metadata.input.shape or expected.shape[1] != len(metadata.classes):
         raise VersionRefused(f"verification samples do not match the input {metadata.input.shape} or the classes")
-    actual = runtime.predict(pixels.astype(np.float32) / np.float32(255.0))
+    actual, distance = runtime.run(pixels.astype(np.float32) / np.float32(255.0))
     difference = float(np.max(np.abs(actual - expected)))
     if not difference <= check.verification_atol:
         raise VersionRefused(f"the model's outputs differ from the recorded ones by {difference:.2e} "
                              f"(> {check.verification_atol})")
+    if distance is not None and expected_distance is not None:
+        # A distance is a sum over hundreds of features: compare relative to its size.
+        relative = float(np.max(np.abs(distance - expected_distance) / np.maximum(np.abs(expected_distance), 1.0)))
+        if not relative <= check.verification_atol:
+            raise VersionRefused(f"the graph's feature distances differ from the recorded ones by {relative:.2e} "
+                                 f"(relative, > {check.verification_atol})")
 
 
 class ModelRegistry:

@@ -14,11 +14,17 @@ import numpy as np
 from contract.metadata import RuntimeFile, VersionMetadata
 
 
+DISTANCE_OUTPUT = "feature_distance"  # the out-of-distribution statistic some graphs answer (contract.ood)
+
+
 class Runtime(Protocol):
     kind: str
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """float32 batch in the model's input shape -> (batch, classes) probabilities."""
+
+    def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """The probabilities and, when the graph has it, each image's feature distance, in one call."""
 
 
 class OnnxRuntime:
@@ -37,9 +43,15 @@ class OnnxRuntime:
         self.session = onnxruntime.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
         self.output_name = self.session.get_outputs()[0].name
+        self.has_distance = any(o.name == DISTANCE_OUTPUT for o in self.session.get_outputs())
+        self._outputs = [self.output_name, DISTANCE_OUTPUT] if self.has_distance else [self.output_name]
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         return self.session.run([self.output_name], {self.input_name: batch})[0]
+
+    def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        outputs = self.session.run(self._outputs, {self.input_name: batch})
+        return outputs[0], (outputs[1] if self.has_distance else None)
 
 
 class KerasRuntime:
@@ -50,8 +62,13 @@ class KerasRuntime:
 
         self.model = keras.models.load_model(model_path, compile=False)
 
+    has_distance = False  # the feature distance is in the ONNX graphs only
+
     def predict(self, batch: np.ndarray) -> np.ndarray:
         return np.asarray(self.model(batch, training=False))
+
+    def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        return self.predict(batch), None
 
 
 def resolve_kind(requested: str, metadata: VersionMetadata) -> str:

@@ -69,6 +69,10 @@ INPUT_SIZE = Histogram(f"{PREFIX}_input_original_size_pixels", "Longest side of 
 INPUT_RESIZE = Histogram(f"{PREFIX}_input_resize_factor",
                          "Longest side of each upload over the model's input side (1: untouched)", ["model"],
                          buckets=(0.5, 1, 2, 4, 8, 16, 32, 64, 128))
+OOD_P_VALUE = Histogram(f"{PREFIX}_ood_p_value",
+                        "Per image, how often a held-out training-distribution image looks at least as unusual "
+                        "(contract.ood): small is unlike the training data", ["model"],
+                        buckets=(0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0))
 REFERENCE_TOP1 = Gauge(f"{PREFIX}_reference_top1_probability",
                        "Mean top-1 probability on training images, recorded at publish time", ["model"],
                        multiprocess_mode="livemax")
@@ -86,7 +90,7 @@ def start_model_series(model: str, classes: tuple[str, ...] = ()) -> None:
         series(MODEL_RELOADS, model, result)
     if classes:
         for metric in (TOP1_PROBABILITY, LOW_CONFIDENCE, INPUT_MEAN, INPUT_CONTRAST, INPUT_INVERTED, INPUT_SIZE,
-                       INPUT_RESIZE, IMAGES_PER_REQUEST, DECODE_DURATION, INFERENCE_DURATION):
+                       INPUT_RESIZE, IMAGES_PER_REQUEST, DECODE_DURATION, INFERENCE_DURATION, OOD_P_VALUE):
             series(metric, model)
         for label in classes:
             series(PREDICTIONS, model, label)

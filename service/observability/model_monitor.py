@@ -57,6 +57,7 @@ class Observation(NamedTuple):
     probabilities: np.ndarray
     predicted: list[int]
     uploads: list[UploadFacts] | None
+    ood_p_values: np.ndarray | None
 
 
 class ModelMonitor:
@@ -74,12 +75,12 @@ class ModelMonitor:
         self._lock = threading.Lock()
 
     def observe(self, model: LoadedModel, batch: np.ndarray, probabilities: np.ndarray, predicted: list[int],
-                uploads: list[UploadFacts] | None = None) -> None:
+                uploads: list[UploadFacts] | None = None, ood_p_values: np.ndarray | None = None) -> None:
         """``predicted``: each image's top class, which the caller has already taken from ``probabilities``."""
         if not self.enabled:
             return
         with self._lock:  # the gevent worker runs one greenlet at a time; this guards the flushing thread
-            self._queued.append(Observation(model, batch, probabilities, predicted, uploads))
+            self._queued.append(Observation(model, batch, probabilities, predicted, uploads, ood_p_values))
             self._queued_images += len(predicted)
             if self._queued_images >= FLUSH_EVERY_IMAGES:
                 self._flush_locked()
@@ -109,6 +110,9 @@ class ModelMonitor:
         write_histogram(metrics.series(metrics.TOP1_PROBABILITY, name), top1)
         write_histogram(metrics.series(metrics.INPUT_MEAN, name), means)
         write_histogram(metrics.series(metrics.INPUT_CONTRAST, name), contrasts)
+        p_values = [o.ood_p_values for o in observations if o.ood_p_values is not None]
+        if p_values:
+            write_histogram(metrics.series(metrics.OOD_P_VALUE, name), np.concatenate(p_values))
         low = int(np.count_nonzero(top1 < self.low_confidence_threshold))
         if low:
             metrics.series(metrics.LOW_CONFIDENCE, name).inc(low)

@@ -13,6 +13,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 import numpy as np
 
+from contract import conformal
 from service import errors
 from service.protocols import kserve_v2, tf_serving
 
@@ -104,6 +105,21 @@ def model_params(example: Example, versioned: bool = False) -> list[dict]:
     return params
 
 
+COVERAGE_SCHEMA = {"type": "number", "minimum": 0.5, "maximum": 0.99, "multipleOf": 0.01}
+GUARANTEE_SCHEMA = {"type": "string", "enum": list(conformal.GUARANTEES)}
+ABSTAIN_SCHEMA = {"type": "integer", "minimum": 0, "maximum": 10}
+SET_PARAMETERS = [
+    {"name": "coverage", "in": "query", "description": "Adds `prediction_set`: the labels that hold the true one "
+     "with at least this probability (0.50 to 0.99, in steps of 0.01), by split conformal prediction fitted at "
+     "publish time. See [the API guide](/guides/api.md#prediction-sets).", "schema": COVERAGE_SCHEMA,
+     "example": 0.9},
+    {"name": "guarantee", "in": "query", "description": "`per_class` (default): the coverage holds for each true "
+     "class; `marginal`: on average over images (smaller sets).", "schema": GUARANTEE_SCHEMA},
+    {"name": "abstain_above", "in": "query", "description": "With `coverage`: the set says `\"unsure\": true` when "
+     "it holds more labels than this.", "schema": ABSTAIN_SCHEMA},
+]
+
+
 def native_paths(example: Example) -> dict:
     model = model_params(example)[0]
     predict_parameters = [
@@ -114,6 +130,7 @@ def native_paths(example: Example) -> dict:
          "`DEFAULT_TOP_K`), from 1 to the model's number of classes.", "schema": {"type": "integer", "minimum": 1}},
         {"name": "include", "in": "query", "description": "`input` adds each image as the model saw it after "
          "normalization: a PNG of the 28x28 or 32x32 pixels.", "schema": {"type": "string", "enum": ["input"]}},
+        *SET_PARAMETERS,
     ]
     image_file = {"type": "string", "contentMediaType": "application/octet-stream"}
     upload = {"required": True, "description": "The image as multipart field `image` (repeat the field for "
@@ -225,6 +242,17 @@ def feedback_paths(example: Example) -> dict:
             parameters=[{**path_param("name", "The model."), "example": example.name},
                         {**path_param("image_id", "The image's id: 64 hexadecimal digits."), "example": "0" * 64}]),
             "security": BEARER}},
+        "/feedback/queue": {"get": {**operation(
+            NATIVE, "The labeling queue: retained inputs a label would help most, unsure first (needs the token)",
+            {"200": json_response("In the order to label them.", ref("LabelingQueue")),
+             **feedback_errors((400, 401, 403, 404, 503))},
+            parameters=[{"name": "model", "in": "query", "description": "Which model (default `DEFAULT_MODEL`).",
+                         "schema": {"type": "string"}},
+                        {"name": "limit", "in": "query", "description": "How many (default 20, at most 100).",
+                         "schema": {"type": "integer", "minimum": 1, "maximum": 100}}],
+            description="Needs `RETAIN_PREDICTIONS=1`. Unsure first (a 90% per-class set of more than one label), "
+                        "then the most unlike the training data, then the newest; labeled ones leave the queue."),
+            "security": BEARER}},
         "/feedback/stats": {"get": operation(
             NATIVE, "Production accuracy: feedback counts per true label and agreement with the served model",
             {"200": json_response("Per model.", ref("FeedbackStats")), **feedback_errors((404, 503))},
@@ -324,6 +352,20 @@ def schemas() -> dict:
                                                                   "index": {"type": "integer"},
                                                                   "probability": {"type": "number"}}}},
                 "probabilities": {**number_list, "description": "The softmax over every class, in index order."},
+                "prediction_set": {"type": "object", "description": "With `coverage`: the set of labels.",
+                                   "required": ["coverage", "guarantee", "labels", "indices"], "properties": {
+                    "coverage": {"type": "number"}, "guarantee": GUARANTEE_SCHEMA,
+                    "labels": {"type": "array", "items": {"type": "string"},
+                               "description": "Most probable first; may be empty at a coverage below the "
+                                              "model's accuracy."},
+                    "indices": {"type": "array", "items": {"type": "integer"}},
+                    "unsure": {"type": "boolean", "description": "With `abstain_above`: the set is larger."}}},
+                "out_of_distribution": {"type": "object", "description": "How unlike the training data the "
+                                        "input is (versions published with a reference).",
+                                        "required": ["score", "p_value"], "properties": {
+                    "score": {"type": "number"},
+                    "p_value": {"type": "number", "description": "The share of held-out training-distribution "
+                                                                 "images at least this unusual."}}},
                 "input": {"type": "object", "description": "With `include=input`: the image as the model saw it.",
                           "required": ["width", "height", "mode", "png_base64"], "properties": {
                               "width": {"type": "integer"}, "height": {"type": "integer"},
@@ -334,6 +376,15 @@ def schemas() -> dict:
             "id": {"type": "string"}, "model": {"type": "string"}, "model_version": {"type": "integer"},
             "predicted_label": {"type": "string"}, "label": {"type": "string"}, "index": {"type": "integer"},
             "stored": {"type": "boolean", "description": "false when this image already had this label."}}},
+        "LabelingQueue": {"type": "object", "required": ["model", "items"], "properties": {
+            "model": {"type": "string"}, "coverage": {"type": "number"}, "guarantee": {"type": "string"},
+            "items": {"type": "array", "items": {"type": "object", "required": ["id", "input"], "properties": {
+                "id": {"type": "string"}, "model_version": {"type": "integer"},
+                "predicted_label": {"type": "string"},
+                "prediction_set": {"type": ["array", "null"], "items": {"type": "string"}},
+                "unsure": {"type": ["boolean", "null"]}, "ood_score": {"type": ["number", "null"]},
+                "ood_p_value": {"type": ["number", "null"]}, "retained_at": {"type": "number"},
+                "input": {"type": "object"}}}}}},
         "FeedbackStats": {"type": "object", "required": ["enabled", "models"], "properties": {
             "enabled": {"type": "boolean"}, "retained": {"type": ["object", "null"]},
             "models": {"type": "array", "items": {"type": "object", "required": ["model", "items"], "properties": {
@@ -385,8 +436,14 @@ def schemas() -> dict:
                                       f"values in [0, 1]) or `{kserve_v2.IMAGE_INPUT}` (BYTES: encoded files, "
                                       "base64 in JSON)."},
             "outputs": {"type": "array", "items": {"type": "object", "required": ["name"], "properties": {
-                "name": {"type": "string", "enum": [kserve_v2.OUTPUT]}, "parameters": {"type": "object"}}}},
-            "parameters": {"type": "object"}}},
+                "name": {"type": "string", "enum": list(kserve_v2.OUTPUTS)}, "parameters": {"type": "object"}}},
+                "description": f"`{kserve_v2.SET_OUTPUT}` (BOOL [batch, classes]) and `{kserve_v2.UNSURE_OUTPUT}` "
+                               "(BOOL [batch]) need the `coverage` (and `abstain_above`) parameters; "
+                               f"`{kserve_v2.OOD_P_OUTPUT}` and `{kserve_v2.OOD_SCORE_OUTPUT}` (FP32 [batch]) the "
+                               "model's out-of-distribution reference."},
+            "parameters": {"type": "object", "properties": {
+                "binary_data_output": {"type": "boolean"}, "coverage": COVERAGE_SCHEMA,
+                "guarantee": GUARANTEE_SCHEMA, "abstain_above": ABSTAIN_SCHEMA}}}},
         "V2InferResponse": {"type": "object", "required": ["model_name", "outputs"], "properties": {
             "model_name": {"type": "string"}, "model_version": {"type": "string"}, "id": {"type": "string"},
             "outputs": {"type": "array", "items": tensor}}},
@@ -398,10 +455,14 @@ def schemas() -> dict:
             "instances": {"type": "array", "items": instance,
                           "description": 'Row format: each a `{"b64": ...}` image file or a pixel array.'},
             "inputs": {"description": "Columnar format: a list like `instances`, or `{\"image\": ...}` / "
-                                      "`{\"pixels\": ...}`."}}},
+                                      "`{\"pixels\": ...}`."},
+            "coverage": {**COVERAGE_SCHEMA, "description": "Each prediction then names its outputs: "
+                         "`probabilities`, `prediction_set` (labels), `unsure`, `ood_score`, `ood_p_value`."},
+            "guarantee": GUARANTEE_SCHEMA, "abstain_above": ABSTAIN_SCHEMA}},
         "TFPredictResponse": {"type": "object", "properties": {
-            "predictions": {"type": "array", "items": number_list},
-            "outputs": {"type": "array", "items": number_list}}},
+            "predictions": {"type": "array", "items": {"oneOf": [number_list, {"type": "object"}]},
+                            "description": "Per instance the probabilities or, with `coverage`, its named outputs."},
+            "outputs": {"oneOf": [{"type": "array", "items": number_list}, {"type": "object"}]}}},
         "TFClassifyRequest": {"type": "object", "required": ["examples"], "properties": {
             "signature_name": {"type": "string", "enum": [tf_serving.SIGNATURE]},
             "examples": {"type": "array", "items": instance}}},

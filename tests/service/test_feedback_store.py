@@ -184,3 +184,43 @@ def test_the_cap_holds_exactly_under_concurrent_writers(store):
     assert len(list(store.images.rglob("*.png"))) == 50
     pixels = _pixels(99_999)
     assert store.add_feedback(input_id(pixels), pixels, "fashion_mnist", 2, "Coat", "Shirt", max_items=50) == "full"
+
+
+def test_the_labeling_queue_ranks_unsure_then_unusual_and_skips_labeled(store):
+    from contract.feedback_store import Ranking
+
+    rows = {  # id seed: (set, ood score)
+        1: (["Coat"], 1.0), 2: (["Coat", "Shirt"], 0.5), 3: (["Bag"], 9.0), 4: (["Shirt", "T-shirt/top"], 4.0),
+        5: (None, None), 6: ([], 2.0)}
+    for seed, (labels, score) in rows.items():
+        pixels = _pixels(seed)
+        store.retain(input_id(pixels), pixels, "fashion_mnist", 6, "Coat",
+                     Ranking(labels, score, None if score is None else 0.01))
+    order = [next(s for s in rows if input_id(_pixels(s)) == item.image_id)
+             for item in store.labeling_queue("fashion_mnist", 10, 3600)]
+    assert order == [4, 2, 3, 6, 1, 5]
+    queued = store.labeling_queue("fashion_mnist", 1, 3600)[0]
+    assert queued.unsure and queued.set_labels == ["Shirt", "T-shirt/top"] and queued.ood_score == 4.0
+    store.add_feedback(input_id(_pixels(4)), _pixels(4), "fashion_mnist", 6, "Shirt", "Shirt", max_items=100)
+    assert [item.image_id for item in store.labeling_queue("fashion_mnist", 10, 3600)][0] == input_id(_pixels(2))
+    assert store.labeling_queue("cifar10", 10, 3600) == []
+
+
+def test_a_database_made_before_the_queue_gains_its_columns(tmp_path):
+    """Columns added to the retained table later are added to an existing database on first use."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'feedback.db'}")
+    with engine.begin() as connection:
+        connection.execute(sa.text(
+            "CREATE TABLE retained_predictions (model VARCHAR(128) NOT NULL, image_id VARCHAR(64) NOT NULL, "
+            "model_version INTEGER NOT NULL, predicted_label VARCHAR(256) NOT NULL, created_at FLOAT NOT NULL, "
+            "image_file VARCHAR(256) NOT NULL, size_bytes INTEGER NOT NULL, PRIMARY KEY (model, image_id))"))
+        connection.execute(sa.text(
+            "INSERT INTO retained_predictions VALUES ('fashion_mnist', :id, 5, 'Coat', :now, 'x.png', 10)"),
+            {"id": "a" * 64, "now": time.time()})
+    engine.dispose()
+    store = FeedbackStore(tmp_path)
+    queued = store.labeling_queue("fashion_mnist", 10, 3600)
+    assert [item.image_id for item in queued] == ["a" * 64] and queued[0].set_labels is None
+    columns = {c["name"] for c in sa.inspect(store.engine).get_columns("retained_predictions")}
+    assert {"set_labels", "set_size", "ood_score", "ood_p_value"} <= columns
+    store.close()

@@ -100,6 +100,10 @@ def test_the_page_classifies_real_images_and_shows_readable_errors(browser, ship
     assert len(result.find_elements(By.CSS_SELECTOR, ".bar")) == 5
     seen = result.find_element(By.CSS_SELECTOR, ".as-seen img")
     assert browser.execute_script("return arguments[0].naturalWidth", seen) == 28
+    # The 90% prediction set (the page's default) and how like the training data the image is.
+    prediction_set = result.find_element(By.CSS_SELECTOR, ".prediction-set").text
+    assert prediction_set.startswith("90% set (per class): ") and classes[fashion.y_test[index]] in prediction_set
+    assert "training data (p = " in result.find_element(By.CSS_SELECTOR, ".ood").text
     screenshot(browser, "page-fashion-mnist")
 
     # 2. Switch to CIFAR-10: the card follows, and a real test JPEG gets its true class.
@@ -160,4 +164,66 @@ def test_the_page_and_the_api_docs_work_under_their_content_security_policy(brow
     screenshot(browser, "api-docs")
     browser.get(shipped_server.url + "/")
     wait_for(browser, lambda d: len(Select(d.find_element(By.ID, "model")).options) == 3, "models did not load")
+    assert policy_violations(browser) == []
+
+
+QUEUE_TOKEN = "page-queue-token-0123456789"
+
+
+@pytest.fixture(scope="module")
+def labeling_server(tmp_path_factory):
+    from tests.conftest import SHIPPED_MODELS, GunicornServer
+
+    server = GunicornServer(SHIPPED_MODELS, workers=1, FEEDBACK_TOKEN=QUEUE_TOKEN, RETAIN_PREDICTIONS="1",
+                            FEEDBACK_DIR=str(tmp_path_factory.mktemp("page-queue"))).start()
+    yield server
+    server.stop()
+
+
+def test_the_label_view_shows_the_queue_and_one_click_sends_a_label(browser, labeling_server, fashion, mnist):
+    server = labeling_server
+    unsure = []
+    for i in range(200):  # real test images until a few get a set of more than one label
+        answer = requests.post(server.url + "/predict", params={"coverage": "0.9"}, timeout=10,
+                               files={"image": ("x.png", png_bytes(fashion.x_test[i]))}).json()["predictions"][0]
+        if len(answer["prediction_set"]["labels"]) > 1:
+            unsure.append(answer["id"])
+        if len(unsure) == 3:
+            break
+    for digit in mnist.x_test[:3]:
+        requests.post(server.url + "/predict", files={"image": ("d.png", png_bytes(digit))}, timeout=10)
+    browser.get(server.url + "/")
+    wait_for(browser, lambda d: len(Select(d.find_element(By.ID, "model")).options) == 3, "models did not load")
+
+    browser.find_element(By.ID, "token").send_keys("not-the-token")
+    browser.find_element(By.ID, "load-queue").click()
+    wait_for(browser, expected_conditions.visibility_of_element_located((By.ID, "queue-error")),
+             "a wrong token showed no error")
+    assert "FEEDBACK_TOKEN" in browser.find_element(By.ID, "queue-error").text
+
+    token = browser.find_element(By.ID, "token")
+    token.clear()
+    token.send_keys(QUEUE_TOKEN)
+    browser.find_element(By.ID, "load-queue").click()
+    wait_for(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#queue > li")) >= 6, "the queue did not load")
+    items = browser.find_elements(By.CSS_SELECTOR, "#queue > li")
+    marked = [bool(item.find_elements(By.CSS_SELECTOR, ".unsure")) for item in items]
+    assert marked[0] and marked == sorted(marked, reverse=True), "unsure images come first"
+    assert set(unsure) <= {item.get_attribute("data-id") for item, flag in zip(items, marked) if flag}
+    first = items[0]
+    assert "90% set (per class): " in first.text
+    seen = first.find_element(By.CSS_SELECTOR, ".as-seen img")
+    assert browser.execute_script("return arguments[0].naturalWidth", seen) == 28
+    buttons = first.find_elements(By.CSS_SELECTOR, ".label-button")
+    assert len(buttons) == 10
+    label = buttons[0].text  # the set's most probable label comes first
+    buttons[0].click()
+    wait_for(browser, lambda d: first.find_elements(By.CSS_SELECTOR, ".labeled-as"), "the label was not sent")
+    assert first.find_element(By.CSS_SELECTOR, ".labeled-as").text == f"labeled {label}"
+    screenshot(browser, "page-label-view")
+    stats = requests.get(server.url + "/feedback/stats", params={"model": "fashion_mnist"}, timeout=10).json()
+    assert stats["models"][0]["items"] == 1
+    queue = requests.get(server.url + "/feedback/queue", headers={"Authorization": f"Bearer {QUEUE_TOKEN}"},
+                         timeout=10).json()["items"]
+    assert first.get_attribute("data-id") not in {item["id"] for item in queue}
     assert policy_violations(browser) == []

@@ -120,7 +120,12 @@ def test_tritonclient_sees_a_live_ready_server_and_its_models(triton):
         assert metadata["name"] == name and metadata["platform"] == "onnxruntime_onnx"
         assert {(i["name"], i["datatype"]) for i in metadata["inputs"]} == {("pixels", "FP32"), ("image", "BYTES")}
         assert next(i["shape"] for i in metadata["inputs"] if i["name"] == "pixels") == shape
-        assert metadata["outputs"] == [{"name": "probabilities", "datatype": "FP32", "shape": [-1, 10]}]
+        assert metadata["outputs"] == [
+            {"name": "probabilities", "datatype": "FP32", "shape": [-1, 10]},
+            {"name": "prediction_set", "datatype": "BOOL", "shape": [-1, 10]},
+            {"name": "unsure", "datatype": "BOOL", "shape": [-1]},
+            {"name": "ood_score", "datatype": "FP32", "shape": [-1]},
+            {"name": "ood_p_value", "datatype": "FP32", "shape": [-1]}]
         assert triton.get_model_metadata(name, model_version=version) == metadata
 
 

@@ -29,6 +29,7 @@ import orjson
 from service.errors import InvalidTensor, TooManyImages
 from service.inference.classify import Classified
 from service.inference.registry import LoadedModel
+from service.inference.uncertainty import PredictionSet
 from service.inference.uploads import whole_number
 from service.protocols.common import InvalidRequest, json_object, message_error_body
 
@@ -37,6 +38,11 @@ PATH_PREFIX = "/v2"
 SERVER_NAME = "image-classifier-service"
 EXTENSIONS = ["classification", "binary_tensor_data"]
 PIXELS_INPUT, IMAGE_INPUT, OUTPUT = "pixels", "image", "probabilities"
+# Outputs beyond the probabilities: the prediction set (request parameter ``coverage``), "unsure"
+# (``abstain_above``) and the out-of-distribution score and p-value (named in ``outputs``).
+SET_OUTPUT, UNSURE_OUTPUT, OOD_SCORE_OUTPUT, OOD_P_OUTPUT = "prediction_set", "unsure", "ood_score", "ood_p_value"
+OUTPUTS = (OUTPUT, SET_OUTPUT, UNSURE_OUTPUT, OOD_SCORE_OUTPUT, OOD_P_OUTPUT)
+SET_PARAMETERS = ("coverage", "guarantee", "abstain_above")
 PLATFORMS = {"onnx": "onnxruntime_onnx", "onnx_int8": "onnxruntime_onnx", "keras": "keras"}
 HEADER_LENGTH = "Inference-Header-Content-Length"
 MAX_SHAPE_RANK = 8  # a batch of 32x32x3 images has 4 dimensions; NumPy stops at 64
@@ -61,7 +67,26 @@ class RequestedOutput:
 class InferRequest:
     id: str | None
     input: InferInput
-    outputs: tuple[RequestedOutput, ...]
+    outputs: tuple[RequestedOutput, ...] | None  # None: the default outputs
+    binary_default: bool
+    set_parameters: dict  # coverage, guarantee, abstain_above as sent (service.inference.uncertainty parses them)
+
+    def resolved_outputs(self, sets, has_ood: bool) -> tuple[RequestedOutput, ...]:
+        """The outputs to answer: those named, or the probabilities plus the set (and "unsure") when asked for;
+        a named output the request or the model cannot give is refused before any work."""
+        if self.outputs is None:
+            names = [OUTPUT] + ([SET_OUTPUT] if sets else []) + ([UNSURE_OUTPUT] if sets and sets.abstain_above
+                                                                   is not None else [])
+            return tuple(RequestedOutput(name, self.binary_default, 0) for name in names)
+        for output in self.outputs:
+            if output.name in (SET_OUTPUT, UNSURE_OUTPUT) and (sets is None or (
+                    output.name == UNSURE_OUTPUT and sets.abstain_above is None)):
+                needed = "coverage" if output.name == SET_OUTPUT else "coverage and abstain_above"
+                raise InvalidRequest(f"output {output.name!r} needs the request parameter {needed}")
+            if output.name in (OOD_SCORE_OUTPUT, OOD_P_OUTPUT) and not has_ood:
+                raise InvalidRequest(f"output {output.name!r}: this version of the model has no "
+                                     "out-of-distribution reference")
+        return self.outputs
 
 
 # --- decoding a request -------------------------------------------------------------------------------------
@@ -93,14 +118,16 @@ def parse_infer_request(body: bytes, header_length: str | None, max_images: int)
         raise InvalidRequest("the parameter binary_data_output must be true or false")
     outputs = document.get("outputs")
     if outputs is None:
-        requested = (RequestedOutput(OUTPUT, binary_default, 0),)
+        requested = None
     elif not isinstance(outputs, list) or not all(isinstance(o, dict) for o in outputs):
         raise InvalidRequest("'outputs' must be a list of objects")
     else:
-        requested = tuple(_parse_output(o, binary_default) for o in outputs)
-        if len(requested) > 1:  # the model has one output: each answer is one more copy of it
-            raise InvalidRequest(f"'outputs' names '{OUTPUT}' {len(requested)} times; name each output once")
-    return InferRequest(request_id, tensor, requested)
+        requested = tuple(_parse_output(o, binary_default) for o in outputs[:len(OUTPUTS) + 1])
+        names = [output.name for output in requested]
+        if len(outputs) > len(OUTPUTS) or len(set(names)) != len(names):  # each answer is one more copy
+            raise InvalidRequest("'outputs' names an output more than once; name each output once")
+    set_parameters = {key: parameters[key] for key in SET_PARAMETERS if key in parameters}
+    return InferRequest(request_id, tensor, requested, binary_default, set_parameters)
 
 
 def _parameters(item: dict, where: str) -> dict:
@@ -203,16 +230,20 @@ def _flatten(data):
 
 
 def _parse_output(item: dict, binary_default: bool) -> RequestedOutput:
-    if item.get("name") != OUTPUT:
-        raise InvalidRequest(f"unknown output {item.get('name')!r}: the model's output is '{OUTPUT}'")
-    parameters = _parameters(item, f"output {OUTPUT!r}")
+    name = item.get("name")
+    if name not in OUTPUTS:
+        shown = name if not isinstance(name, str) or len(name) <= 64 else name[:64] + "..."
+        raise InvalidRequest(f"unknown output {shown!r}: the model's outputs are {', '.join(OUTPUTS)}")
+    parameters = _parameters(item, f"output {name!r}")
     binary = parameters.get("binary_data", binary_default)
     classification = parameters.get("classification", 0)
     if not isinstance(binary, bool):
         raise InvalidRequest("the output parameter binary_data must be true or false")
     if not isinstance(classification, int) or isinstance(classification, bool) or classification < 0:
         raise InvalidRequest("the output parameter classification must be a whole number of classes")
-    return RequestedOutput(OUTPUT, binary, classification)
+    if classification and name != OUTPUT:
+        raise InvalidRequest(f"the classification extension applies to '{OUTPUT}', not {name!r}")
+    return RequestedOutput(name, binary, classification)
 
 
 # --- encoding a response ------------------------------------------------------------------------------------
@@ -226,13 +257,34 @@ def classification_strings(probabilities: np.ndarray, classes: list[str], k: int
     return rows
 
 
+def extra_tensor(name: str, classified: Classified, sets: list[PredictionSet] | None,
+                 classes: int) -> tuple[str, np.ndarray]:
+    """(datatype, values) of an output beyond the probabilities."""
+    if name == SET_OUTPUT:
+        members = np.zeros((len(sets), classes), dtype=bool)
+        for row, prediction_set in zip(members, sets):
+            row[prediction_set.indices] = True
+        return "BOOL", members
+    if name == UNSURE_OUTPUT:
+        return "BOOL", np.array([bool(s.unsure) for s in sets], dtype=bool)
+    values = classified.ood_scores if name == OOD_SCORE_OUTPUT else classified.ood_p_values
+    return "FP32", np.asarray(values, dtype=np.float32)
+
+
 def encode_infer_response(model: LoadedModel, request_id: str | None, outputs: tuple[RequestedOutput, ...],
-                          classified: Classified) -> tuple[bytes, int | None]:
+                          classified: Classified, sets: list[PredictionSet] | None = None) -> tuple[bytes, int | None]:
     """The response body, and the JSON header's length when binary tensor data follows it."""
     probabilities = classified.probabilities
     tensors, chunks = [], []
     for output in outputs:
-        if output.classification:
+        if output.name != OUTPUT:
+            datatype, values = extra_tensor(output.name, classified, sets, len(model.classes))
+            tensor = {"name": output.name, "datatype": datatype, "shape": list(values.shape)}
+            if output.binary:
+                chunk = values.astype("<f4" if datatype == "FP32" else np.uint8).tobytes()
+            else:
+                tensor["data"] = values.ravel().tolist()
+        elif output.classification:
             k = min(output.classification, len(model.classes))
             rows = classification_strings(probabilities, model.classes, k)
             tensor = {"name": output.name, "datatype": "BYTES", "shape": [len(rows), k]}
@@ -269,5 +321,11 @@ def model_metadata(model: LoadedModel) -> dict:
         "platform": PLATFORMS.get(model.runtime.kind, model.runtime.kind),
         "inputs": [{"name": PIXELS_INPUT, "datatype": "FP32", "shape": [-1, *shape]},
                    {"name": IMAGE_INPUT, "datatype": "BYTES", "shape": [-1]}],
-        "outputs": [{"name": OUTPUT, "datatype": "FP32", "shape": [-1, len(model.classes)]}],
+        "outputs": [{"name": OUTPUT, "datatype": "FP32", "shape": [-1, len(model.classes)]},
+                    *([{"name": SET_OUTPUT, "datatype": "BOOL", "shape": [-1, len(model.classes)]},
+                       {"name": UNSURE_OUTPUT, "datatype": "BOOL", "shape": [-1]}]
+                      if model.uncertainty.thresholds is not None else []),
+                    *([{"name": OOD_SCORE_OUTPUT, "datatype": "FP32", "shape": [-1]},
+                       {"name": OOD_P_OUTPUT, "datatype": "FP32", "shape": [-1]}]
+                      if model.uncertainty.ood_record is not None else [])],
     }

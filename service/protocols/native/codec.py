@@ -5,14 +5,13 @@
 
 from __future__ import annotations
 
-import base64
-
 import numpy as np
 
 from service.errors import InvalidParameter, error_body  # noqa: F401 - error_body: the native error shape
 from service.inference.classify import Classified
-from service.inference.images import encode_model_input
+from service.inference.images import input_body
 from service.inference.registry import LoadedModel
+from service.inference.uncertainty import SetOptions, parse_set_options, prediction_sets, set_body
 from service.inference.uploads import whole_number
 
 NAME = "native"
@@ -42,9 +41,18 @@ def parse_include(raw: str | None) -> set[str]:
     return options
 
 
-def prediction_body(model: LoadedModel, classified: Classified, top_k: int, include_inputs: bool = False) -> dict:
+def parse_sets(args, model: LoadedModel) -> SetOptions | None:
+    """``coverage=0.9`` (with ``guarantee=per_class|marginal`` and ``abstain_above=N``): a prediction set per
+    image."""
+    return parse_set_options(args.get("coverage"), args.get("guarantee"), args.get("abstain_above"), model)
+
+
+def prediction_body(model: LoadedModel, classified: Classified, top_k: int, include_inputs: bool = False,
+                    sets: SetOptions | None = None) -> dict:
     classes = model.classes
     results = []
+    answered_sets = prediction_sets(model.uncertainty, model.name, classified.probabilities, classified.ids, sets) \
+        if sets is not None else None
     for position, row in enumerate(classified.probabilities):
         order = np.argsort(-row, kind="stable")[:top_k]
         values = row.tolist()
@@ -53,13 +61,14 @@ def prediction_body(model: LoadedModel, classified: Classified, top_k: int, incl
             "top": [{"label": classes[i], "index": int(i), "probability": values[i]} for i in order],
             "probabilities": values,
         }
+        if answered_sets is not None:
+            result["prediction_set"] = set_body(sets, answered_sets[position], classes)
+        if classified.ood_p_values is not None:
+            result["out_of_distribution"] = {"score": round(float(classified.ood_scores[position]), 4),
+                                             "p_value": round(float(classified.ood_p_values[position]), 5)}
         if include_inputs:
             result["input"] = input_body(classified.inputs[position])
         results.append(result)
     return {"model": model.name, "version": model.version, "predictions": results}
 
 
-def input_body(pixels: np.ndarray) -> dict:
-    height, width = pixels.shape[:2]
-    return {"width": width, "height": height, "mode": "L" if pixels.ndim == 2 else "RGB",
-            "png_base64": base64.b64encode(encode_model_input(pixels)).decode()}

@@ -6,7 +6,7 @@ from flask import Blueprint, jsonify, request
 
 from service.http.state import AppState
 from service.inference.uploads import read_uploads
-from service.protocols.native.codec import parse_include, parse_top_k, prediction_body
+from service.protocols.native.codec import parse_include, parse_sets, parse_top_k, prediction_body
 
 
 def blueprint(state: AppState) -> Blueprint:
@@ -18,8 +18,9 @@ def blueprint(state: AppState) -> Blueprint:
         model = state.served_model(request.args.get("model", settings.default_model))
         top_k = parse_top_k(request.args.get("top_k"), model, settings.default_top_k)
         include = parse_include(request.args.get("include"))
+        sets = parse_sets(request.args, model)
         uploads = read_uploads(request, settings.max_images_per_request, settings.max_upload_bytes)
         classified = state.inference.classify_images(model, uploads)
-        return jsonify(prediction_body(model, classified, top_k, "input" in include))
+        return jsonify(prediction_body(model, classified, top_k, "input" in include, sets))
 
     return routes

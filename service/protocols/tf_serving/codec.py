@@ -7,6 +7,10 @@ or encoded image files as ``{"b64": "<base64>"}``, which go through the same dec
 ``:predict`` takes the row format (``instances``, answered with ``predictions``) or the columnar one
 (``inputs``, answered with ``outputs``); ``:classify`` takes ``examples`` and answers label/score pairs, highest
 first. Errors are ``{"error": "<message>"}``.
+
+A ``:predict`` request may add ``"coverage": 0.9`` (and ``"guarantee"``, ``"abstain_above"``) beside its
+instances: each prediction then names its outputs, ``probabilities``, ``prediction_set`` (labels), ``unsure``
+and the out-of-distribution ``ood_score`` and ``ood_p_value``, as TF Serving answers a multi-output signature.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import numpy as np
 
 from service.errors import InvalidTensor, TooManyImages
 from service.inference.registry import LoadedModel
+from service.inference.uncertainty import PredictionSet
 from service.protocols.common import InvalidRequest, json_object, message_error_body
 
 NAME = "tf_serving"
@@ -117,6 +122,21 @@ def model_metadata(model: LoadedModel) -> dict:
     }
     return {"model_spec": {"name": model.name, "signature_name": "", "version": str(model.version)},
             "metadata": {"signature_def": {"signature_def": {SIGNATURE: signature}}}}
+
+
+def named_outputs(model: LoadedModel, classified, sets: list[PredictionSet]) -> list[dict]:
+    """Per instance, every output by name: what ``:predict`` answers when a request asks for a prediction set
+    (TF Serving's form for a signature with several outputs)."""
+    rows = []
+    for position, row in enumerate(classified.probabilities.tolist()):
+        outputs = {OUTPUT: row, "prediction_set": [model.classes[i] for i in sets[position].indices]}
+        if sets[position].unsure is not None:
+            outputs["unsure"] = sets[position].unsure
+        if classified.ood_p_values is not None:
+            outputs["ood_score"] = float(classified.ood_scores[position])
+            outputs["ood_p_value"] = float(classified.ood_p_values[position])
+        rows.append(outputs)
+    return rows
 
 
 def classify_result(model: LoadedModel, probabilities: np.ndarray) -> list:

@@ -9,6 +9,7 @@ from service.http.routing import model_route
 from service.http.state import AppState
 from service.inference.classify import Classified
 from service.inference.registry import LoadedModel
+from service.inference.uncertainty import parse_set_options, prediction_sets
 from service.protocols.common import PREDICTION_IDS_HEADER
 from service.protocols.tf_serving import codec
 
@@ -46,9 +47,18 @@ def blueprint(state: AppState) -> Blueprint:
             response = jsonify({"result": codec.classify_result(model, classified.probabilities)})
         else:
             items, layout = codec.predict_items(document)
+            options = parse_set_options(document.get("coverage"), document.get("guarantee"),
+                                        document.get("abstain_above"), model)
             classified = run(model, items)
-            probabilities = classified.probabilities.tolist()
-            response = jsonify({"predictions": probabilities} if layout == "row" else {"outputs": probabilities})
+            if options is None:
+                predictions = classified.probabilities.tolist()
+            else:
+                sets = prediction_sets(model.uncertainty, model.name, classified.probabilities, classified.ids,
+                                       options)
+                predictions = codec.named_outputs(model, classified, sets)
+                if layout == "columnar":  # one list per output name
+                    predictions = {name: [row[name] for row in predictions] for name in predictions[0]}
+            response = jsonify({"predictions": predictions} if layout == "row" else {"outputs": predictions})
         # The TF Serving body has no room for ids: they travel in a header, in the order of the inputs.
         response.headers[PREDICTION_IDS_HEADER] = ",".join(classified.ids)
         return response

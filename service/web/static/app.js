@@ -1,4 +1,5 @@
-// The page at /: pick a model, drop images, see each one's top classes and the image as the model saw it.
+// The page at /: pick a model, drop images, see each one's top classes, its prediction set and how unlike the
+// training data it is, and the image as the model saw it; label what the labeling queue offers.
 // Plain DOM, no build step; text goes in through textContent, never as HTML.
 "use strict";
 
@@ -40,10 +41,13 @@ function showPageError(message) {
   box.hidden = !message;
 }
 
+const models = {};  // name -> the listing's entry (its version, what its answers can carry)
+
 async function loadModels() {
   const response = await fetch("models");
   if (!response.ok) throw new Error(await errorMessage(response));
   const listing = await response.json();
+  for (const model of listing.models) models[model.name] = model;
   const select = $("#model");
   select.replaceChildren(...listing.models.map((model) =>
     element("option", {value: model.name, text: `${model.name} (v${model.version})`})));
@@ -87,6 +91,22 @@ function bars(top) {
     element("span", {class: "bar-value", text: percent(entry.probability)}))));
 }
 
+// "90% set (per class): Coat, Pullover", marked unsure past the asked size; an empty set says why it is empty.
+function setLine(predictionSet) {
+  const level = `${Math.round(predictionSet.coverage * 100)}% set (${predictionSet.guarantee.replace("_", " ")})`;
+  const labels = predictionSet.labels.length ? predictionSet.labels.join(", ")
+    : "empty: the coverage asked is met without naming a label for this image";
+  const line = element("p", {class: "prediction-set", text: `${level}: ${labels}`});
+  if (predictionSet.unsure) line.append(" ", element("span", {class: "unsure", text: "unsure"}));
+  return line;
+}
+
+function oodLine(ood) {
+  const unusual = ood.p_value <= 0.01;
+  return element("p", {class: unusual ? "ood unusual" : "ood",
+                       text: `${unusual ? "Unlike" : "Like"} the training data (p = ${ood.p_value.toPrecision(2)})`});
+}
+
 async function classify(file, model, topK) {
   const item = element("li", {class: "result pending"},
     element("figure", {class: "original"}, element("img", {alt: `Uploaded: ${file.name}`}),
@@ -96,7 +116,11 @@ async function classify(file, model, topK) {
   if (file.type.startsWith("image/")) item.querySelector(".original img").src = URL.createObjectURL(file);
   const form = new FormData();
   form.append("image", file, file.name);
-  const url = `predict?model=${encodeURIComponent(model)}&top_k=${topK}&include=input`;
+  let url = `predict?model=${encodeURIComponent(model)}&top_k=${topK}&include=input`;
+  const coverage = $("#coverage").value;
+  if (coverage && models[model] && models[model].uncertainty.prediction_sets) {
+    url += `&coverage=${coverage}&abstain_above=${$("#abstain-above").value}`;
+  }
   let response;
   try {
     response = await fetch(url, {method: "POST", body: form});
@@ -114,7 +138,9 @@ async function classify(file, model, topK) {
     element("p", {class: "top-label", text: prediction.top[0].label}),
     element("p", {class: "model-version",
                   text: `${body.model} v${body.version}: ${percent(prediction.top[0].probability)} on the top class`}),
-    bars(prediction.top));
+    bars(prediction.top),
+    ...(prediction.prediction_set ? [setLine(prediction.prediction_set)] : []),
+    ...(prediction.out_of_distribution ? [oodLine(prediction.out_of_distribution)] : []));
   item.insertBefore(element("figure", {class: "as-seen"},
     element("img", {alt: `${file.name} as the model saw it, ${seen.width}x${seen.height}`,
                     src: `data:image/png;base64,${seen.png_base64}`}),
@@ -134,7 +160,68 @@ async function classifyFiles(files) {
   for (const file of files) await classify(file, model, topK);
 }
 
+// --- the label view -----------------------------------------------------------------------------------------
+
+function showQueueError(message) {
+  const box = $("#queue-error");
+  box.textContent = message;
+  box.hidden = !message;
+}
+
+async function loadQueue() {
+  showQueueError("");
+  const model = $("#model").value;
+  const response = await fetch(`feedback/queue?model=${encodeURIComponent(model)}&limit=12`,
+                               {headers: {Authorization: `Bearer ${$("#token").value}`}});
+  if (!response.ok) return showQueueError(await errorMessage(response));
+  const queue = await response.json();
+  const classes = models[model] ? models[model].classes : [];
+  $("#queue").replaceChildren(...queue.items.map((item) => queueItem(queue.model, item, classes)));
+  if (!queue.items.length) showQueueError("Nothing to label: no retained prediction of this model is waiting.");
+}
+
+function queueItem(model, item, classes) {
+  const seen = item.input;
+  const facts = [];
+  if (item.prediction_set) {
+    facts.push(setLine({coverage: 0.9, guarantee: "per_class", labels: item.prediction_set, unsure: item.unsure}));
+  }
+  if (item.ood_p_value != null) facts.push(oodLine({p_value: item.ood_p_value}));
+  // The set's labels first: the true one is most likely among them.
+  const ordered = [...(item.prediction_set || []), ...classes.filter((c) => !(item.prediction_set || []).includes(c))];
+  const buttons = element("div", {class: "label-buttons"}, ...ordered.map((label) => {
+    const button = element("button", {type: "button", class: "label-button", text: label});
+    button.addEventListener("click", () => sendLabel(model, item.id, label, entry));
+    return button;
+  }));
+  const entry = element("li", {class: "queued", "data-id": item.id},
+    element("figure", {class: "as-seen"},
+      element("img", {alt: `retained input ${item.id.slice(0, 8)} as the model saw it`,
+                      src: `data:image/png;base64,${seen.png_base64}`}),
+      element("figcaption", {text: `predicted ${item.predicted_label} (v${item.model_version})`})),
+    element("div", {class: "answer"}, ...facts, buttons));
+  return entry;
+}
+
+async function sendLabel(model, id, label, entry) {
+  const response = await fetch("feedback", {
+    method: "POST",
+    headers: {"Content-Type": "application/json", Authorization: `Bearer ${$("#token").value}`},
+    body: JSON.stringify({model, id, label})});
+  const answer = entry.querySelector(".answer");
+  if (!response.ok) {
+    answer.append(element("p", {class: "error", role: "alert", text: await errorMessage(response)}));
+    return;
+  }
+  entry.classList.add("labeled");
+  answer.querySelector(".label-buttons").replaceChildren(element("p", {class: "labeled-as", text: `labeled ${label}`}));
+}
+
 function wireUp() {
+  $("#queue-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    loadQueue().catch((failure) => showQueueError(failure.message));
+  });
   const zone = $("#drop-zone");
   const input = $("#file-input");
   input.addEventListener("change", async () => {

@@ -30,7 +30,7 @@ def test_json_pixels_flat_or_nested_become_a_float32_batch():
         parsed = parse_infer_request(body, None, 64)
         assert parsed.id == "r1" and parsed.input.datatype == "FP32"
         assert np.array_equal(parsed.input.value, pixels)
-        assert parsed.outputs == (RequestedOutput("probabilities", False, 0),)
+        assert parsed.resolved_outputs(None, False) == (RequestedOutput("probabilities", False, 0),)
 
 
 def test_binary_bytes_elements_are_length_prefixed_files():
@@ -43,7 +43,7 @@ def test_binary_bytes_elements_are_length_prefixed_files():
                                   binary)
     parsed = parse_infer_request(body, length, 64)
     assert parsed.input.value == files
-    assert parsed.outputs == (RequestedOutput("probabilities", True, 3),)
+    assert parsed.resolved_outputs(None, False) == (RequestedOutput("probabilities", True, 3),)
 
 
 def test_binary_fp32_data_is_read_little_endian():
@@ -78,8 +78,11 @@ def test_malformed_requests_are_client_errors_that_say_what_is_wrong(body, heade
 def test_each_output_is_named_once_and_the_batch_is_bounded():
     image = {"name": "image", "datatype": "BYTES", "shape": [1], "data": ["aGk="]}
     twice = json.dumps({"inputs": [image], "outputs": [{"name": "probabilities"}] * 2}).encode()
-    with pytest.raises(InvalidRequest, match="2 times"):
+    with pytest.raises(InvalidRequest, match="more than once"):
         parse_infer_request(twice, None, 64)
+    thousand = json.dumps({"inputs": [image], "outputs": [{"name": "ood_p_value"}] * 1000}).encode()
+    with pytest.raises(InvalidRequest, match="more than once"):
+        parse_infer_request(thousand, None, 64)
     many = json.dumps({"inputs": [{**image, "shape": [65], "data": ["aGk="] * 65}]}).encode()
     with pytest.raises(TooManyImages, match="65 images"):
         parse_infer_request(many, None, 64)
@@ -115,3 +118,41 @@ def test_model_metadata_names_both_inputs_and_the_output(model):
     assert [i["name"] for i in metadata["inputs"]] == ["pixels", "image"]
     assert metadata["inputs"][0]["shape"] == [-1, 28, 28] and metadata["outputs"][0]["shape"] == [-1, 10]
     assert metadata["versions"] == [str(model.version)]
+
+
+def test_the_set_outputs_follow_the_request_parameters(model):
+    from service.errors import InvalidParameter
+    from service.inference.uncertainty import parse_set_options
+
+    image = {"name": "image", "datatype": "BYTES", "shape": [1], "data": ["aGk="]}
+    plain = parse_infer_request(json.dumps({"inputs": [image]}).encode(), None, 64)
+    assert [o.name for o in plain.resolved_outputs(None, True)] == ["probabilities"]
+    asked = parse_infer_request(json.dumps({"inputs": [image], "parameters": {
+        "coverage": 0.9, "abstain_above": 2}}).encode(), None, 64)
+    options = parse_set_options(asked.set_parameters["coverage"], None, asked.set_parameters["abstain_above"], model)
+    assert options.coverage == 0.9 and options.guarantee == "per_class" and options.abstain_above == 2
+    assert [o.name for o in asked.resolved_outputs(options, True)] == ["probabilities", "prediction_set", "unsure"]
+    named = parse_infer_request(json.dumps({"inputs": [image], "outputs": [{"name": "ood_p_value"}]}).encode(),
+                                None, 64)
+    with pytest.raises(InvalidRequest, match="out-of-distribution reference"):
+        named.resolved_outputs(None, False)
+    with pytest.raises(InvalidRequest, match="applies to 'probabilities'"):
+        parse_infer_request(json.dumps({"inputs": [image], "outputs": [
+            {"name": "unsure", "parameters": {"classification": 2}}]}).encode(), None, 64)
+    for bad in ({"coverage": True}, {"coverage": "0.9x"}, {"coverage": 0.9, "abstain_above": 2.5},
+                {"coverage": 0.9, "guarantee": ["per_class"]}):
+        with pytest.raises(InvalidParameter):
+            parse_set_options(bad.get("coverage"), bad.get("guarantee"), bad.get("abstain_above"), model)
+
+
+def test_sets_encode_as_bool_tensors_in_json_and_binary(model, classified):
+    from service.inference.uncertainty import PredictionSet
+
+    sets = [PredictionSet([9, 7], True), PredictionSet([1], False)]
+    outputs = (RequestedOutput("prediction_set", False, 0), RequestedOutput("unsure", True, 0))
+    body, header_length = encode_infer_response(model, None, outputs, classified, sets)
+    header = json.loads(body[:header_length])
+    members, unsure = header["outputs"]
+    assert members["datatype"] == "BOOL" and members["shape"] == [2, 10]
+    assert [i for i, v in enumerate(members["data"][:10]) if v] == [7, 9] and members["data"][11] is True
+    assert unsure["parameters"]["binary_data_size"] == 2 and body[header_length:] == b"\x01\x00"

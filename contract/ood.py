@@ -10,8 +10,8 @@ training distribution (recorded in metadata.json at publish time):
   or too high is unusual (two-sided).
 
 The smallest of the three decides (Tippett's method: the score is -ln of the smallest p-value), so one statistic
-far out is enough; Fisher's sum of logs lets two ordinary statistics dilute an extreme one, and measured worse
-(docs/api.md#out-of-distribution). The score is then referred to its own distribution on a second set of
+far out is enough; Fisher's sum of logs lets two ordinary statistics dilute an extreme one (measured on the
+shipped models: docs/api.md#prediction-sets-unsure-and-out-of-distribution, ``bench/ood_scores.py``). The score is then referred to its own distribution on a second set of
 held-out images, so the reported p-value is calibrated: for in-distribution inputs it is uniform, and a p-value
 of 0.01 means one in-distribution image in a hundred looks at least this unusual.
 """

@@ -21,10 +21,17 @@ class FixedAnswer:
 
     def __init__(self, model: LoadedModel):
         self.kind = model.runtime.kind
-        self._row = model.runtime.predict(np.zeros((1, *model.input_spec.shape), np.float32))
+        self._row, self._distance = model.runtime.run(np.zeros((1, *model.input_spec.shape), np.float32))
+        self.has_distance = self._distance is not None
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         return np.repeat(self._row, len(batch), axis=0)
+
+    def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """The fixed probabilities and, for a graph that has one, its fixed feature distance: the rest of the
+        request path (the out-of-distribution p-value included) still runs."""
+        distance = None if self._distance is None else np.repeat(self._distance, len(batch))
+        return self.predict(batch), distance
 
 
 def create_app() -> Flask:

@@ -55,7 +55,7 @@ def create_app(settings: Settings | None = None, watch: bool = True) -> Flask:
 def build_state(settings: Settings, watch: bool) -> AppState:
     monitor = ModelMonitor(settings.input_monitoring, settings.low_confidence_threshold,
                            settings.drift_window_images, metrics.multiprocess_dir())
-    registry = ModelRegistry(settings.models_dir, settings.runtime)
+    registry = ModelRegistry(settings.models_dir, settings.runtime, settings.sizing.threads)
     registry.refresh()
     if watch:
         registry.start(settings.reload_interval_seconds)

@@ -7,6 +7,7 @@ settings are derived from these in service/front_door/gunicorn.conf.py.
 
 from __future__ import annotations
 
+import functools
 import math
 import sys
 from collections.abc import Mapping
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 
 from contract.config import Locations, SettingError, declared, from_environment, markdown_table, setting
 from contract.monitoring import LOW_CONFIDENCE_THRESHOLD
+from service.sizing import Sizing, cpu_budget, size
 
 MIB = 1024 * 1024
 RUNTIME_CHOICES = ("auto", "onnx_int8", "onnx", "keras")
@@ -53,7 +55,12 @@ class Settings(Locations):
     # The HTTP front door (service/front_door, docs/operations.md#the-front-door-slow-clients-keep-alive-drain).
     host: str = setting("HOST", "127.0.0.1", "address to bind", shown="127.0.0.1 (0.0.0.0 in the container)")
     port: int = setting("PORT", 8000, "port to listen on", minimum=1, maximum=65535)
-    workers: int = setting("WEB_CONCURRENCY", 2, "gunicorn worker processes", minimum=1)
+    web_concurrency: int | None = setting(
+        "WEB_CONCURRENCY", None, "gunicorn worker processes; unset: one per CPU the cgroup's quota and cpuset "
+        "allow, at least 1 (`/models` → `serving` says what was chosen)", minimum=1, shown="one per CPU")
+    runtime_threads: int | None = setting(
+        "RUNTIME_THREADS", None, "ONNX Runtime threads per worker; unset: the CPUs left per worker, at least 1",
+        minimum=1, shown="CPUs / workers")
     worker_class: str = setting(
         "WORKER_CLASS", "gevent", "`gevent`: the service's worker; `sync`: gunicorn's one-request-at-a-time "
         "worker, no keep-alive, stalled by slow clients", choices=tuple(WORKER_CLASSES))
@@ -105,6 +112,15 @@ class Settings(Locations):
         if self.max_buffered_bytes < self.max_upload_bytes + self.max_header_bytes:
             raise SettingError("MAX_BUFFERED_BYTES must hold at least one whole request: MAX_UPLOAD_BYTES + "
                                "MAX_HEADER_BYTES")
+
+    @functools.cached_property
+    def sizing(self) -> Sizing:
+        """Workers and threads, from these settings and the CPUs the cgroup allows (read once)."""
+        return size(cpu_budget(), self.web_concurrency, self.runtime_threads)
+
+    @property
+    def workers(self) -> int:
+        return self.sizing.workers
 
     @property
     def feedback_enabled(self) -> bool:

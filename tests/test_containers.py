@@ -81,7 +81,7 @@ def test_images_build_and_the_compose_stack_serves_and_retrains(fashion, fashion
 
 
 def test_the_serving_image_under_the_kubernetes_memory_limit_survives_the_hostile_corpus(fashion):
-    """The Deployment's limits (512 Mi, 2 CPUs) on one container with its two default workers: every hostile case
+    """The Deployment's limits (512 Mi, 2 CPUs) on one container, sized by them to two workers: every hostile case
     gets its answer, no process is killed for memory, no worker is replaced, and other clients keep being served."""
     _require_podman()
     run("podman", "build", "--format", "docker", "--target", "serve", "-t", "image-classifier-service:latest", ".")
@@ -107,5 +107,24 @@ def test_the_serving_image_under_the_kubernetes_memory_limit_survives_the_hostil
         peak = run("podman", "exec", name, "sh", "-c", "cat /sys/fs/cgroup/memory/memory.max_usage_in_bytes "
                    "2>/dev/null || cat /sys/fs/cgroup/memory.peak", check=False).stdout.strip()
         print(f"the container's peak memory over the corpus: {int(peak or 0) / 2**20:.0f} MiB of 512 MiB")
+    finally:
+        run("podman", "rm", "-f", name, check=False, timeout=120)
+
+
+def test_the_serving_image_sizes_its_workers_from_the_cpu_limit():
+    """With `--cpus 1` and no WEB_CONCURRENCY the container starts one worker, and says why."""
+    _require_podman()
+    run("podman", "build", "--format", "docker", "--target", "serve", "-t", "image-classifier-service:latest", ".")
+    name, port = f"ics-sizing-{uuid.uuid4().hex[:8]}", free_port()
+    run("podman", "run", "-d", "--name", name, "--cpus", "1", "-p", f"127.0.0.1:{port}:8000",
+        "image-classifier-service:latest")
+    try:
+        assert wait_until_ready(f"http://127.0.0.1:{port}", timeout=120, interval=1), \
+            run("podman", "logs", name, check=False).stderr[-3000:]
+        serving = requests.get(f"http://127.0.0.1:{port}/models", timeout=10).json()["serving"]
+        assert (serving["workers"], serving["runtime_threads"], serving["cpus"]) == (1, 1, 1.0), serving
+        assert "cgroup" in serving["source"], serving
+        logs = run("podman", "logs", name).stderr
+        assert logs.count("Booting worker with pid") == 1 and "sizing: 1 worker(s) x 1" in logs, logs[-3000:]
     finally:
         run("podman", "rm", "-f", name, check=False, timeout=120)

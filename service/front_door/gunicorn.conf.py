@@ -42,6 +42,15 @@ if settings.worker_class == "gevent":
     _connection_counts = ConnectionCounts(slots=max(64, 2 * settings.workers))
 
 
+def on_starting(server):
+    """Say how the workers were sized, and warn when a hand-set size asks for more CPUs than the cgroup gives."""
+    sizing = settings.sizing
+    server.log.info("sizing: %s", sizing.describe())
+    if sizing.workers * sizing.threads > max(1.0, sizing.cpus) + 1e-9:
+        server.log.warning("sizing: %d workers x %d threads need more than the %g CPUs this process may use; "
+                           "expect throttling", sizing.workers, sizing.threads, sizing.cpus)
+
+
 def pre_fork(server, worker):
     """In the master, before the worker is forked: it takes these settings (read once, here) with it."""
     worker.settings = settings

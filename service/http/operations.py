@@ -84,7 +84,9 @@ def blueprint(state: AppState) -> Blueprint:
         if not registry.initial_load_done.is_set():
             raise NotReady("models are still loading")
         return jsonify({"default_model": state.settings.default_model,
-                        "models": [describe_model(m, detail=False) for m in registry.snapshot().values()]})
+                        "models": [describe_model(m, detail=False) for m in registry.snapshot().values()],
+                        # How this replica was sized: its workers and their threads, and the CPUs that decided.
+                        "serving": state.settings.sizing.as_dict()})
 
     @routes.get("/models/<name>")
     def show_model(name: str):

@@ -50,7 +50,7 @@ class LoadedModel:
         return self.metadata.input
 
 
-def load_version(models_dir: Path, name: str, version: int, runtime_kind: str) -> LoadedModel:
+def load_version(models_dir: Path, name: str, version: int, runtime_kind: str, threads: int = 1) -> LoadedModel:
     """Load and verify one version folder, or raise ``VersionRefused`` saying why."""
     path = version_dir(models_dir, name, version)
     try:
@@ -71,7 +71,7 @@ def load_version(models_dir: Path, name: str, version: int, runtime_kind: str) -
             if file_name in (metadata.runtimes[kind].file, metadata.verification_file):
                 if sha256_file(path / file_name) != expected:
                     raise VersionRefused(f"{path}: {file_name} does not match its recorded hash")
-        runtime = load_runtime(metadata.runtimes[kind], path)
+        runtime = load_runtime(metadata.runtimes[kind], path, threads)
         _verify(runtime, path / metadata.verification_file, metadata)
         uncertainty = ModelUncertainty.from_metadata(metadata, runtime.has_distance)
     except VersionRefused:
@@ -109,9 +109,10 @@ def _verify(runtime: Runtime, samples_path: Path, metadata: VersionMetadata) -> 
 class ModelRegistry:
     """The models one worker serves; ``get`` is lock-free, ``refresh`` swaps in new versions."""
 
-    def __init__(self, models_dir: Path, runtime_kind: str = "auto"):
+    def __init__(self, models_dir: Path, runtime_kind: str = "auto", threads: int = 1):
         self.models_dir = Path(models_dir)
         self.runtime_kind = runtime_kind
+        self.threads = threads
         self._models: dict[str, LoadedModel] = {}
         self._refused: dict[str, int] = {}  # the last refused version per model, so it is not retried every poll
         self._refresh_lock = threading.Lock()
@@ -156,7 +157,7 @@ class ModelRegistry:
                 if version is None or (active and active.version == version) or self._refused.get(name) == version:
                     continue
                 try:
-                    loaded = load_version(self.models_dir, name, version, self.runtime_kind)
+                    loaded = load_version(self.models_dir, name, version, self.runtime_kind, self.threads)
                 except VersionRefused as exc:
                     self._refused[name] = version
                     self.errors[name] = str(exc)

@@ -30,13 +30,14 @@ class Runtime(Protocol):
 class OnnxRuntime:
     """The float32 export ("onnx") or its int8 copy ("onnx_int8"): the same session, a different file."""
 
-    def __init__(self, model_path: Path, kind: str = "onnx"):
+    def __init__(self, model_path: Path, kind: str = "onnx", threads: int = 1):
         self.kind = kind
         import onnxruntime
 
         options = onnxruntime.SessionOptions()
-        # Workers are the unit of parallelism; threads inside one would fight them for the same cores.
-        options.intra_op_num_threads = 1
+        # Workers are the unit of parallelism; threads inside one would fight them for the same cores, so there
+        # are more than one only where the CPUs allow it (service.sizing).
+        options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -78,7 +79,7 @@ def resolve_kind(requested: str, metadata: VersionMetadata) -> str:
     return next((kind for kind in ("onnx_int8", "onnx") if kind in metadata.runtimes), "onnx")
 
 
-def load_runtime(runtime_file: RuntimeFile, version_dir: Path) -> Runtime:
-    """Load the model file a version's metadata names for this runtime."""
+def load_runtime(runtime_file: RuntimeFile, version_dir: Path, threads: int = 1) -> Runtime:
+    """Load the model file a version's metadata names for this runtime, with ``threads`` intra-op threads."""
     path = version_dir / runtime_file.file
-    return KerasRuntime(path) if runtime_file.kind == "keras" else OnnxRuntime(path, runtime_file.kind)
+    return KerasRuntime(path) if runtime_file.kind == "keras" else OnnxRuntime(path, runtime_file.kind, threads)

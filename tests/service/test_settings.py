@@ -31,7 +31,8 @@ def test_bad_values_name_the_variable(environ, message):
 
 def test_the_front_door_defaults_and_worker_class():
     settings = Settings.from_env({})
-    assert (settings.workers, settings.worker_class, settings.worker_connections) == (2, "gevent", 1000)
+    assert (settings.web_concurrency, settings.worker_class, settings.worker_connections) == (None, "gevent", 1000)
+    assert settings.workers == settings.sizing.workers >= 1  # one per CPU the cgroup allows
     assert settings.gunicorn_worker_class == "service.front_door.worker.ServiceWorker"
     assert (settings.header_timeout_seconds, settings.body_timeout_seconds, settings.keepalive_seconds) == (10, 30, 65)
     assert (settings.drain_seconds, settings.graceful_timeout_seconds, settings.worker_timeout_seconds) == (5, 20, 30)

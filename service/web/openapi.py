@@ -402,9 +402,17 @@ def schemas() -> dict:
                                                         "metrics"], "properties": {
             "name": {"type": "string"}, "version": {"type": "integer"}, "runtime": {"type": "string"},
             "classes": {"type": "array", "items": {"type": "string"}}, "input": {"type": "object"},
-            "preprocessing": {"type": "object"}, "metrics": {"type": "object"}}},
+            "preprocessing": {"type": "object"}, "metrics": {"type": "object"},
+            "uncertainty": {"type": "object", "description": "What the version's answers can carry: "
+                            "`prediction_sets` and `out_of_distribution` (true or false); in the detail, the "
+                            "method and the test-split figures of each."}}},
         "ModelList": {"type": "object", "required": ["default_model", "models"], "properties": {
-            "default_model": {"type": "string"}, "models": {"type": "array", "items": ref("ModelSummary")}}},
+            "default_model": {"type": "string"}, "models": {"type": "array", "items": ref("ModelSummary")},
+            "serving": {"type": "object", "description": "How this replica was sized: `workers`, "
+                        "`runtime_threads` (ONNX Runtime's, per worker), the `cpus` the cgroup allows and the "
+                        "`source` that said so.", "properties": {
+                            "workers": {"type": "integer"}, "runtime_threads": {"type": "integer"},
+                            "cpus": {"type": "number"}, "source": {"type": "string"}}}}},
         "ModelDetail": {"allOf": [ref("ModelSummary"), {"type": "object", "required": ["available_versions"],
                                                         "properties": {
             "training": {"type": "object"}, "data": {"type": "object"}, "runtimes": {"type": "object"},

@@ -40,8 +40,7 @@ class Retention:
 
 def rankings(model: LoadedModel, classified: Classified) -> list[Ranking]:
     """What each input is ranked by in the labeling queue: its set at QUEUE_SET and how unusual it is."""
-    sets = prediction_sets(model.uncertainty, model.name, classified.probabilities, classified.ids, QUEUE_SET) \
-        if model.uncertainty.thresholds is not None else None
+    sets = prediction_sets(model, classified, QUEUE_SET if model.uncertainty.thresholds is not None else None)
     result = []
     for position in range(len(classified.ids)):
         labels = None if sets is None else [model.classes[i] for i in sets[position].indices]

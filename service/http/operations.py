@@ -29,7 +29,7 @@ def _uncertainty(model: LoadedModel, detail: bool) -> dict:
     document = model.metadata.document
     conformal, ood = document.get("conformal"), document.get("out_of_distribution")
     body = {"prediction_sets": model.uncertainty.thresholds is not None,
-            "out_of_distribution": model.uncertainty.ood_record is not None}
+            "out_of_distribution": model.uncertainty.ood_reference is not None}
     if detail and conformal and body["prediction_sets"]:
         body["conformal"] = {"method": conformal["method"], "calibration_images": conformal["samples"],
                              "levels": {"from": conformal["levels"][0], "to": conformal["levels"][-1], "step": 0.01},

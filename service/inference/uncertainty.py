@@ -81,8 +81,7 @@ class ModelUncertainty:
     published before them have neither)."""
 
     thresholds: conformal.Thresholds | None
-    ood_record: dict | None
-    ood_reference: ood.Reference | None = None  # the record, prepared once for scoring
+    ood_reference: ood.Reference | None  # the out_of_distribution record, prepared once for scoring
 
     @classmethod
     def from_metadata(cls, metadata: VersionMetadata, has_distance: bool) -> ModelUncertainty:
@@ -101,7 +100,7 @@ class ModelUncertainty:
                     raise ValueError(f"out_of_distribution: the {name} table is not {ood.TABLE_POINTS} points")
             if len(record["combined"]) != ood.TABLE_POINTS:
                 raise ValueError("out_of_distribution: the combined table is malformed")
-        return cls(thresholds, record, ood.Reference(record) if record is not None else None)
+        return cls(thresholds, ood.Reference(record) if record is not None else None)
 
 
 @dataclass(frozen=True)
@@ -112,11 +111,14 @@ class PredictionSet:
     unsure: bool | None  # None: no abstain_above was asked
 
 
-def prediction_sets(uncertainty: ModelUncertainty, model_name: str, probabilities: np.ndarray, ids: list[str],
-                    options: SetOptions) -> list[PredictionSet]:
-    """Each image's set; the options were checked against the model when parsed (``parse_set_options``)."""
-    members = conformal.prediction_sets(probabilities, conformal.tie_breaks(ids),
-                                        uncertainty.thresholds.for_level(options.coverage, options.guarantee))
+def prediction_sets(model, classified, options: SetOptions | None) -> list[PredictionSet] | None:
+    """Each image of a classified batch's set, for ``model`` (a LoadedModel); None when no set was asked for. The
+    options were checked against the model when parsed (``parse_set_options``)."""
+    if options is None:
+        return None
+    probabilities = classified.probabilities
+    members = conformal.prediction_sets(probabilities, conformal.tie_breaks(classified.ids),
+                                        model.uncertainty.thresholds.for_level(options.coverage, options.guarantee))
     sets = []
     for row, chosen in zip(probabilities, members):
         order = [int(i) for i in np.argsort(-row, kind="stable") if chosen[i]]

@@ -117,7 +117,7 @@ def test_sets_and_the_ood_reference_are_fitted_on_the_unused_half_and_load_in_th
     card = (version.path / "MODEL_CARD.md").read_text()
     assert "## Prediction sets" in card and "## Out-of-distribution p-value" in card
     loaded = load_version(models_dir, "fashion_mnist", 1, "auto")
-    assert loaded.uncertainty.thresholds is not None and loaded.uncertainty.ood_record is not None
+    assert loaded.uncertainty.thresholds is not None and loaded.uncertainty.ood_reference is not None
     assert loaded.runtime.run(result.test_inputs[:4])[1].shape == (4,)
 
 

@@ -327,5 +327,5 @@ def model_metadata(model: LoadedModel) -> dict:
                       if model.uncertainty.thresholds is not None else []),
                     *([{"name": OOD_SCORE_OUTPUT, "datatype": "FP32", "shape": [-1]},
                        {"name": OOD_P_OUTPUT, "datatype": "FP32", "shape": [-1]}]
-                      if model.uncertainty.ood_record is not None else [])],
+                      if model.uncertainty.ood_reference is not None else [])],
     }

@@ -60,16 +60,15 @@ def blueprint(state: AppState) -> Blueprint:
                                      settings.max_images_per_request)
         options = parse_set_options(parsed.set_parameters.get("coverage"), parsed.set_parameters.get("guarantee"),
                                     parsed.set_parameters.get("abstain_above"), model)
-        outputs = parsed.resolved_outputs(options, model.uncertainty.ood_record is not None)
+        outputs = parsed.resolved_outputs(options, model.uncertainty.ood_reference is not None)
         if parsed.input.datatype == "BYTES":
             if not parsed.input.value:
                 raise InvalidTensor(f"input {IMAGE_INPUT!r} holds no images")
             classified = state.inference.classify_images(model, parsed.input.value)
         else:
             classified = state.inference.classify_pixels(model, parsed.input.value)
-        sets = prediction_sets(model.uncertainty, model.name, classified.probabilities, classified.ids, options) \
-            if options is not None else None
-        body, header_length = encode_infer_response(model, parsed.id, outputs, classified, sets)
+        body, header_length = encode_infer_response(model, parsed.id, outputs, classified,
+                                                    prediction_sets(model, classified, options))
         if header_length is None:
             return Response(body, mimetype="application/json")
         return Response(body, mimetype="application/octet-stream", headers={HEADER_LENGTH: str(header_length)})

@@ -51,8 +51,7 @@ def prediction_body(model: LoadedModel, classified: Classified, top_k: int, incl
                     sets: SetOptions | None = None) -> dict:
     classes = model.classes
     results = []
-    answered_sets = prediction_sets(model.uncertainty, model.name, classified.probabilities, classified.ids, sets) \
-        if sets is not None else None
+    answered_sets = prediction_sets(model, classified, sets)
     for position, row in enumerate(classified.probabilities):
         order = np.argsort(-row, kind="stable")[:top_k]
         values = row.tolist()

@@ -53,9 +53,7 @@ def blueprint(state: AppState) -> Blueprint:
             if options is None:
                 predictions = classified.probabilities.tolist()
             else:
-                sets = prediction_sets(model.uncertainty, model.name, classified.probabilities, classified.ids,
-                                       options)
-                predictions = codec.named_outputs(model, classified, sets)
+                predictions = codec.named_outputs(model, classified, prediction_sets(model, classified, options))
                 if layout == "columnar":  # one list per output name
                     predictions = {name: [row[name] for row in predictions] for name in predictions[0]}
             response = jsonify({"predictions": predictions} if layout == "row" else {"outputs": predictions})

@@ -25,13 +25,21 @@ import numpy as np
 
 from contract.reference import image_statistics
 
-STATISTICS = ("feature_distance", "mean_intensity", "contrast")
+# The served graphs' second output (training/uncertainty.py), the first statistic below.
+DISTANCE_OUTPUT = "feature_distance"
+STATISTICS = (DISTANCE_OUTPUT, "mean_intensity", "contrast")
 TWO_SIDED = frozenset({"mean_intensity", "contrast"})
 TABLE_POINTS = 201  # quantiles at every half percent of the reference
 METHOD = ("Tippett's combination (the smallest) of three empirical p-values against held-out in-distribution images: the "
           "Mahalanobis distance of the last hidden features to the nearest class mean (shared covariance), and "
           "the mean intensity and the contrast (two-sided); the combination referred to its own distribution on "
           "a second held-out set")
+
+
+def verification_distance_key(outputs_key: str) -> str:
+    """Where verification.npz keeps the distances of the runtime whose probabilities it keeps under
+    ``outputs_key``: "probabilities" -> "feature_distance", "probabilities_onnx_int8" -> "feature_distance_onnx_int8"."""
+    return DISTANCE_OUTPUT + outputs_key.removeprefix("probabilities")
 
 
 def quantile_table(values: np.ndarray) -> list[float]:

@@ -21,6 +21,7 @@ from training.export import ONNX_OPSET, keras_to_onnx, onnx_probabilities
 from training.modelcard import write_model_card
 from contract.layout import sha256_file
 from contract.metadata import SCHEMA_VERSION, write_metadata
+from contract.ood import verification_distance_key
 from training.quantize import INT8_VERIFICATION_TOLERANCE, quantize_and_measure
 from training.reference import training_reference
 from training.train import TrainingResult, split, to_model_input
@@ -175,9 +176,9 @@ def write_artifact(folder: Path, version: int, dataset: Dataset, result: Trainin
         (folder / INT8_ONNX_FILE).write_bytes(int8_bytes)
         samples["probabilities_onnx_int8"] = onnx_probabilities(int8_bytes, result.test_inputs[:count])
     if uncertainty is not None:
-        samples["feature_distance"] = served_outputs(onnx_bytes, result.test_inputs[:count])[1]
-        if int8_bytes is not None:
-            samples["feature_distance_onnx_int8"] = served_outputs(int8_bytes, result.test_inputs[:count])[1]
+        for key, graph in (("probabilities", onnx_bytes), ("probabilities_onnx_int8", int8_bytes)):
+            if graph is not None:
+                samples[verification_distance_key(key)] = served_outputs(graph, result.test_inputs[:count])[1]
     np.savez_compressed(folder / VERIFICATION_FILE, **samples)
     metadata = build_metadata(dataset, result, version, onnx_report, int8_report)
     if result.calibration is not None:

@@ -200,11 +200,14 @@ def onnx_probabilities(onnx_bytes: bytes, inputs: np.ndarray, batch_size: int = 
 
 def onnx_outputs(onnx_bytes: bytes, inputs: np.ndarray, output: str, batch_size: int = 1000) -> np.ndarray:
     """One named output of the graph over ``inputs``, in batches."""
+    return onnx_run(onnx_bytes, inputs, [output], batch_size)[0]
+
+
+def onnx_run(onnx_bytes: bytes, inputs: np.ndarray, outputs: list[str], batch_size: int = 1000) -> list[np.ndarray]:
+    """Several named outputs of the graph over ``inputs``, from one pass in batches."""
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
     session = onnxruntime.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
-    return np.concatenate([
-        session.run([output], {INPUT_NAME: inputs[i:i + batch_size]})[0]
-        for i in range(0, len(inputs), batch_size)
-    ])
+    batches = [session.run(outputs, {INPUT_NAME: inputs[i:i + batch_size]}) for i in range(0, len(inputs), batch_size)]
+    return [np.concatenate([batch[k] for batch in batches]) for k in range(len(outputs))]

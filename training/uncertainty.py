@@ -19,9 +19,9 @@ from PIL import Image
 from contract import conformal, ood
 from contract.ids import input_id
 from training.datasets import Dataset, DatasetError, load_dataset
-from training.export import FEATURES_NAME, OUTPUT_NAME, onnx_outputs
+from contract.ood import DISTANCE_OUTPUT
+from training.export import FEATURES_NAME, OUTPUT_NAME, onnx_outputs, onnx_run
 
-DISTANCE_NAME = "feature_distance"
 DISTANCE_FIT_IMAGES = 20_000
 COVARIANCE_RIDGE = 1e-6  # of the mean eigenvalue: keeps the covariance invertible where ReLU units never fire
 # Per dataset: the dataset whose test images stand for inputs the model was not made for, and how they are
@@ -71,19 +71,20 @@ def with_distance_output(model_bytes: bytes, whitening: np.ndarray, whitened_mea
         helper.make_node("Mul", ["ood_cross", "ood_two"], ["ood_cross2"]),
         helper.make_node("Sub", ["ood_norm", "ood_cross2"], ["ood_partial"]),
         helper.make_node("Add", ["ood_partial", "ood_means_norm"], ["ood_distances"]),
-        helper.make_node("ReduceMin", ["ood_distances"], [DISTANCE_NAME], axes=[1], keepdims=0),
+        helper.make_node("ReduceMin", ["ood_distances"], [DISTANCE_OUTPUT], axes=[1], keepdims=0),
     ])
     # The features were an output only to be read here; the served graph answers probabilities and the distance.
     outputs = [o for o in graph.output if o.name == OUTPUT_NAME]
     del graph.output[:]
-    graph.output.extend([*outputs, helper.make_tensor_value_info(DISTANCE_NAME, TensorProto.FLOAT, ["batch"])])
+    graph.output.extend([*outputs, helper.make_tensor_value_info(DISTANCE_OUTPUT, TensorProto.FLOAT, ["batch"])])
     onnx.checker.check_model(model)
     return model.SerializeToString()
 
 
 def served_outputs(model_bytes: bytes, inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(probabilities, feature distances) of the served graph over ``inputs``."""
-    return (onnx_outputs(model_bytes, inputs, OUTPUT_NAME), onnx_outputs(model_bytes, inputs, DISTANCE_NAME))
+    probabilities, distances = onnx_run(model_bytes, inputs, [OUTPUT_NAME, DISTANCE_OUTPUT])
+    return probabilities, distances
 
 
 # --- conformal sets and the out-of-distribution reference -----------------------------------------------------

@@ -19,9 +19,10 @@ import numpy as np
 
 from contract.layout import current_version, published_models, sha256_file, version_dir
 from contract.metadata import InputSpec, MetadataError, VersionMetadata, read_metadata
+from contract.ood import verification_distance_key
 from service.observability import metrics
 from service.errors import NotReady, UnknownModel, UnknownVersion
-from service.inference.runtimes import DISTANCE_OUTPUT, Runtime, load_runtime, resolve_kind
+from service.inference.runtimes import Runtime, load_runtime, resolve_kind
 from service.inference.uncertainty import ModelUncertainty
 
 log = logging.getLogger(__name__)
@@ -89,7 +90,7 @@ def _verify(runtime: Runtime, samples_path: Path, metadata: VersionMetadata) -> 
         if check.verification_outputs not in samples:
             raise VersionRefused(f"the verification samples have no {check.verification_outputs!r}")
         pixels, expected = samples["pixels"], samples[check.verification_outputs]
-        distance_key = DISTANCE_OUTPUT + ("_onnx_int8" if runtime.kind == "onnx_int8" else "")
+        distance_key = verification_distance_key(check.verification_outputs)
         expected_distance = samples[distance_key] if distance_key in samples else None
     if pixels.shape[1:] != metadata.input.shape or expected.shape[1] != len(metadata.classes):
         raise VersionRefused(f"verification samples do not match the input {metadata.input.shape} or the classes")

@@ -12,9 +12,7 @@ from typing import Protocol
 import numpy as np
 
 from contract.metadata import RuntimeFile, VersionMetadata
-
-
-DISTANCE_OUTPUT = "feature_distance"  # the out-of-distribution statistic some graphs answer (contract.ood)
+from contract.ood import DISTANCE_OUTPUT  # the out-of-distribution statistic some graphs answer
 
 
 class Runtime(Protocol):

@@ -97,6 +97,27 @@ class NotReady(ClientError):
     code = "not_ready"
 
 
+class Unauthorized(ClientError):
+    """No credential where one is needed (an API key, the feedback token)."""
+
+    status = 401
+    code = "unauthorized"
+
+
+class Forbidden(ClientError):
+    """A credential that is wrong, revoked, or not allowed what the request asks."""
+
+    status = 403
+    code = "forbidden"
+
+
+class RateLimited(ClientError):
+    """Past a rate or quota; ``Retry-After`` says when the request could pass."""
+
+    status = 429
+    code = "rate_limited"
+
+
 class BufferFull(ConnectionError):
     """Raised by the worker's socket while a request is read: receiving more would take the worker past
     MAX_BUFFERED_BYTES (service/front_door/worker.py). An OSError, so Werkzeug reports it as a cut-off body."""

@@ -10,16 +10,6 @@ class FeedbackOff(ClientError):
     code = "feedback_disabled"
 
 
-class Unauthorized(ClientError):
-    status = 401
-    code = "unauthorized"
-
-
-class Forbidden(ClientError):
-    status = 403
-    code = "forbidden"
-
-
 class UnknownLabel(ClientError):
     status = 422
     code = "unknown_label"
@@ -28,11 +18,6 @@ class UnknownLabel(ClientError):
 class UnknownPrediction(ClientError):
     status = 404
     code = "unknown_prediction"
-
-
-class RateLimited(ClientError):
-    status = 429
-    code = "rate_limited"
 
 
 class FeedbackFull(ClientError):

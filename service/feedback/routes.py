@@ -19,16 +19,8 @@ import numpy as np
 from flask import Blueprint, Request, jsonify, request
 
 from contract.ids import ID_PATTERN, input_id
-from service.errors import InvalidParameter, TooManyImages
-from service.feedback.errors import (
-    FeedbackFull,
-    FeedbackOff,
-    FeedbackUnavailable,
-    Forbidden,
-    RateLimited,
-    Unauthorized,
-    UnknownPrediction,
-)
+from service.errors import Forbidden, InvalidParameter, RateLimited, TooManyImages, Unauthorized
+from service.feedback.errors import FeedbackFull, FeedbackOff, FeedbackUnavailable, UnknownPrediction
 from service.feedback.labels import parse_label
 from service.feedback.rate_limit import RateLimit
 from service.http.state import AppState

@@ -13,6 +13,8 @@ import orjson
 from flask import Flask, g, request
 from flask.json.provider import JSONProvider
 
+from service.access.gate import AccessGate, build_gate
+from service.errors import NotFound
 from service.feedback import routes as feedback_routes
 from service.http import operations
 from service.web import pages
@@ -30,6 +32,12 @@ from service.protocols.tf_serving import routes as tf_serving_routes
 from service.settings import Settings
 
 STATE_KEY = "image_classifier"  # the one app.extensions key: the AppState, for the front door's drain
+# With API keys on, every endpoint needs one but these: health and metrics (probes and scrapers have no key),
+# the pages and docs (the page then asks for a key), and feedback's writes and queue, behind FEEDBACK_TOKEN.
+OPEN_BLUEPRINTS = {"pages"}
+METRICS_ENDPOINT = "operations.prometheus_metrics"
+OPEN_ENDPOINTS = {"operations.healthz", "operations.readyz", METRICS_ENDPOINT, "kserve_v2.live",
+                  "kserve_v2.ready", "feedback.post_feedback", "feedback.delete_feedback", "feedback.labeling_queue"}
 
 
 def create_app(settings: Settings | None = None, watch: bool = True) -> Flask:
@@ -48,6 +56,10 @@ def create_app(settings: Settings | None = None, watch: bool = True) -> Flask:
     for phase in ("header", "body"):  # at zero from the start, so the first 408 is an increase (metrics.py)
         metrics.series(metrics.CLIENT_TIMEOUTS, phase)
     _observe_requests(app)
+    if settings.metrics_port:
+        _serve_metrics_apart(app, settings.metrics_port)
+    if state.access is not None:
+        _require_keys(app, state.access)
     logging.getLogger("service").setLevel(settings.log_level.upper())
     return app
 
@@ -68,8 +80,12 @@ def build_state(settings: Settings, watch: bool) -> AppState:
         store = FeedbackStore(settings.feedback_folder, settings.database_url or None)
         if settings.retain_predictions:
             retention = Retention(store, settings.retain_max_bytes, settings.retain_max_age_seconds)
-    inference = Inference(DecodeLimits.from_settings(settings), monitor, keep_inputs=retention.keep if retention else None)
-    return AppState(settings, registry, monitor, inference, store)
+    access = build_gate(settings, metrics.multiprocess_dir())
+    # A request's images are charged to its key once their number is known, before the first is decoded.
+    charge = (lambda model, count: access.charge_images(g.api_key, count)) if access else None
+    inference = Inference(DecodeLimits.from_settings(settings), monitor,
+                          keep_inputs=retention.keep if retention else None, charge_images=charge)
+    return AppState(settings, registry, monitor, inference, store, access)
 
 
 class OrjsonProvider(JSONProvider):
@@ -87,6 +103,27 @@ class OrjsonProvider(JSONProvider):
     def response(self, *args, **kwargs):
         body = orjson.dumps(self._prepare_response_obj(args, kwargs), option=self.OPTIONS)
         return self._app.response_class(body, mimetype="application/json")
+
+
+def _serve_metrics_apart(app: Flask, metrics_port: int) -> None:
+    """With METRICS_PORT, /metrics answers only on that port and nothing else does: the port a request came in
+    on is the listening socket's own, not the Host header's."""
+
+    @app.before_request
+    def route_by_port():
+        sock = request.environ.get("gunicorn.socket")
+        on_metrics_port = sock is not None and sock.getsockname()[1] == metrics_port
+        if on_metrics_port != (request.endpoint == METRICS_ENDPOINT):
+            raise NotFound("not served on this port" if on_metrics_port else
+                           "/metrics is served on its own port (METRICS_PORT)")
+
+
+def _require_keys(app: Flask, access: AccessGate) -> None:
+    @app.before_request
+    def authenticate():
+        if request.blueprint in OPEN_BLUEPRINTS or request.endpoint in OPEN_ENDPOINTS:
+            return
+        g.api_key = access.authenticate(request.headers)
 
 
 def _observe_requests(app: Flask) -> None:

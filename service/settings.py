@@ -12,6 +12,7 @@ import math
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 from contract.config import Locations, SettingError, declared, from_environment, markdown_table, setting
 from contract.monitoring import LOW_CONFIDENCE_THRESHOLD
@@ -55,6 +56,9 @@ class Settings(Locations):
     # The HTTP front door (service/front_door, docs/operations.md#the-front-door-slow-clients-keep-alive-drain).
     host: str = setting("HOST", "127.0.0.1", "address to bind", shown="127.0.0.1 (0.0.0.0 in the container)")
     port: int = setting("PORT", 8000, "port to listen on", minimum=1, maximum=65535)
+    metrics_port: int | None = setting("METRICS_PORT", None, "set, `/metrics` is served on this port (same "
+                                       "`HOST`) and only there, e.g. to keep it off a public route",
+                                       minimum=1, maximum=65535, shown="unset: on `PORT`")
     web_concurrency: int | None = setting(
         "WEB_CONCURRENCY", None, "gunicorn worker processes; unset: one per CPU the cgroup's quota and cpuset "
         "allow, at least 1 (`/models` → `serving` says what was chosen)", minimum=1, shown="one per CPU")
@@ -89,6 +93,14 @@ class Settings(Locations):
                                               "`classifier_low_confidence_predictions_total`", above=0, maximum=1)
     drift_window_images: int = setting("DRIFT_WINDOW_IMAGES", 1000, "drift is measured over the last this-many "
                                        "images of a model, all workers together", minimum=10)
+    # API keys (service/access, docs/operations.md#api-keys): off unless a place for keys is set.
+    api_keys_file: Path | None = setting("API_KEYS_FILE", None, "a keys file made by `python -m service keys add`; "
+                                         "set, every inference and model endpoint needs a key",
+                                         shown="unset: no keys")
+    api_keys_database: bool = setting("API_KEYS_DATABASE", False, "`1` keeps keys and quotas in `DATABASE_URL`'s "
+                                      "database instead, so quotas hold across replicas")
+    api_keys_secret: str = setting("API_KEYS_SECRET", "", "the server secret keys are hashed with (HMAC-SHA256); "
+                                   "needed with either of the two above", secret=True)
     # Feedback (service/feedback, docs/feedback.md): off until a token is set.
     feedback_token: str = setting("FEEDBACK_TOKEN", "", "the bearer token for `POST /feedback` and `DELETE "
                                   "/feedback/...`; unset, feedback is off", secret=True)
@@ -107,8 +119,16 @@ class Settings(Locations):
         return from_environment(cls, environ, **overrides)
 
     def cross_check(self) -> None:
+        if self.api_keys_file and self.api_keys_database:
+            raise SettingError("API_KEYS_FILE and API_KEYS_DATABASE are two places for the same keys: set one")
+        if self.api_keys_database and not self.database_url:
+            raise SettingError("API_KEYS_DATABASE keeps keys in DATABASE_URL's database: set DATABASE_URL")
+        if self.api_keys_enabled and len(self.api_keys_secret) < 16:
+            raise SettingError("API keys need API_KEYS_SECRET, at least 16 characters (e.g. `openssl rand -hex 32`)")
         if self.retain_predictions and not self.feedback_token:
             raise SettingError("RETAIN_PREDICTIONS needs FEEDBACK_TOKEN: retained inputs are only for feedback")
+        if self.metrics_port == self.port:
+            raise SettingError("METRICS_PORT must differ from PORT (unset, /metrics is served on PORT)")
         if self.max_buffered_bytes < self.max_upload_bytes + self.max_header_bytes:
             raise SettingError("MAX_BUFFERED_BYTES must hold at least one whole request: MAX_UPLOAD_BYTES + "
                                "MAX_HEADER_BYTES")
@@ -121,6 +141,10 @@ class Settings(Locations):
     @property
     def workers(self) -> int:
         return self.sizing.workers
+
+    @property
+    def api_keys_enabled(self) -> bool:
+        return bool(self.api_keys_file) or self.api_keys_database
 
     @property
     def feedback_enabled(self) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import io
 import os
 import shutil
@@ -146,7 +147,8 @@ class GunicornServer:
         # No drain on SIGTERM unless a test asks for one: every test server stops at once.
         self.env = {**os.environ, "MODELS_DIR": str(models_dir), "PORT": str(self.port), "HOST": "127.0.0.1",
                     "WEB_CONCURRENCY": str(workers), "MODEL_RELOAD_SECONDS": "0.5", "DRAIN_SECONDS": "0", **env}
-        self.env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        if "PROMETHEUS_MULTIPROC_DIR" not in env:  # each server its own, unless a test wants to read it
+            self.env.pop("PROMETHEUS_MULTIPROC_DIR", None)
         self.process: subprocess.Popen | None = None
 
     def start(self, timeout: float = 60) -> GunicornServer:
@@ -182,6 +184,57 @@ class GunicornServer:
             return ""
         self.log_file.seek(0)
         return self.log_file.read()
+
+
+def _postgres_binaries() -> str | None:
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    return os.path.dirname(found[-1]) if found else None
+
+
+@pytest.fixture(scope="module")
+def postgres_url():
+    """A real PostgreSQL server from Debian's package, on a free loopback port, stopped after the module."""
+    bindir = _postgres_binaries()
+    if bindir is None:
+        if os.environ.get("REQUIRE_POSTGRES"):
+            pytest.fail("PostgreSQL is not installed (apt-get install postgresql) and REQUIRE_POSTGRES is set")
+        pytest.skip("PostgreSQL is not installed (Debian package postgresql)")
+    # Not under pytest's private temporary folder: the server's user must be able to reach it.
+    folder = Path(tempfile.mkdtemp(prefix="feedback-postgres-"))
+    data = folder / "data"
+    # PostgreSQL refuses to run as root: run it as the package's own user when the tests are root.
+    prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    if prefix:
+        shutil.chown(folder, "postgres")
+    subprocess.run(prefix + [f"{bindir}/initdb", "-D", str(data), "-U", "feedback", "--auth=trust", "-E", "UTF8"],
+                   check=True, capture_output=True)
+    port = free_port()
+    subprocess.run(prefix + [f"{bindir}/pg_ctl", "-D", str(data), "-l", str(folder / "log"), "-w", "-o",
+                             f"-p {port} -k {folder} -c listen_addresses=127.0.0.1", "start"],
+                   check=True, capture_output=True)
+    try:
+        yield f"postgresql://feedback@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run(prefix + [f"{bindir}/pg_ctl", "-D", str(data), "-m", "fast", "stop"], capture_output=True)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+# API keys in tests: the server's secret, and a keys file made as `python -m service keys add` makes it.
+API_KEYS_SECRET = "test-secret-0123456789abcdef"
+
+
+def write_api_keys(path: Path, **keys: dict) -> dict[str, str]:
+    """Add keys to the keys file at ``path``: ``name={"models": (...), "requests_per_second": ..., ...}``; returns
+    each name's key. A server reads them with ``API_KEYS_FILE=path API_KEYS_SECRET=API_KEYS_SECRET``."""
+    from service.access.keys import new_key
+    from service.access.store import KeyFile
+
+    source, made = KeyFile(path, serving=False), {}
+    for name, options in keys.items():
+        new = new_key(name, API_KEYS_SECRET, time.time(), **options)
+        source.add(new.record)
+        made[name] = new.key
+    return made
 
 
 @pytest.fixture(scope="session")

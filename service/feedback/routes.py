@@ -94,7 +94,7 @@ def blueprint(state: AppState) -> Blueprint:
         """Per model: feedback counts per true label and agreement with the served prediction. Open to read."""
         if not settings.feedback_enabled:
             return jsonify({"enabled": False, "models": []})
-        names = sorted(state.registry.snapshot())
+        names = sorted(name for name in state.registry.snapshot() if state.may_call(name))
         if "model" in request.args:
             names = [state.served_model(request.args["model"]).name]
         store = state.feedback_store

@@ -17,7 +17,9 @@ shutil.rmtree(_metrics_dir, ignore_errors=True)  # values from an earlier run mu
 os.makedirs(_metrics_dir, exist_ok=True)
 
 wsgi_app = "service.app:create_app()"
-bind = f"{settings.host}:{settings.port}"
+bind = [f"{settings.host}:{settings.port}"]
+if settings.metrics_port:  # /metrics alone on its own port (service.app serves each endpoint on its port only)
+    bind.append(f"{settings.host}:{settings.metrics_port}")
 workers = settings.workers
 worker_class = settings.gunicorn_worker_class
 worker_connections = settings.worker_connections

@@ -84,7 +84,8 @@ def blueprint(state: AppState) -> Blueprint:
         if not registry.initial_load_done.is_set():
             raise NotReady("models are still loading")
         return jsonify({"default_model": state.settings.default_model,
-                        "models": [describe_model(m, detail=False) for m in registry.snapshot().values()],
+                        "models": [describe_model(m, detail=False) for m in registry.snapshot().values()
+                                   if state.may_call(m.name)],
                         # How this replica was sized: its workers and their threads, and the CPUs that decided.
                         "serving": state.settings.sizing.as_dict()})
 

@@ -19,6 +19,7 @@ from service.settings import Settings
 
 if TYPE_CHECKING:  # imported only when feedback is on: SQLAlchemy is about 20 MB per worker
     from contract.feedback_store import FeedbackStore
+    from service.access.gate import AccessGate
 
 
 @dataclass
@@ -28,6 +29,7 @@ class AppState:
     monitor: ModelMonitor
     inference: Inference
     feedback_store: FeedbackStore | None = None  # with FEEDBACK_TOKEN set
+    access: AccessGate | None = None  # with API keys on; the request's key is then ``g.api_key``
     # Set by the worker on SIGTERM (service/front_door/worker.py): /readyz answers 503 while requests are served.
     draining: threading.Event = field(default_factory=threading.Event)
 
@@ -36,8 +38,17 @@ class AppState:
         return self.registry.ready and not self.draining.is_set()
 
     def served_model(self, name: str, version: str | None = None) -> LoadedModel:
-        """The model (and, if named, version) a request asks for; labels the request's metrics with it."""
+        """The model (and, if named, version) a request asks for; labels the request's metrics with it. With
+        API keys on, a model outside the key's scope is refused before it is looked up, so the answer does not
+        tell whether it exists."""
         g.model_label = "unknown"
+        if not self.may_call(name):
+            self.access.check_model(g.api_key, name)
         model = self.registry.get(name, version)
         g.model_label = model.name
         return model
+
+    def may_call(self, name: str) -> bool:
+        """Whether this request's key (if keys are on) may call the model; lists show only such models."""
+        key = g.get("api_key")
+        return key is None or key.allows(name)

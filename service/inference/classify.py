@@ -25,6 +25,9 @@ from service.observability.model_monitor import ModelMonitor
 # Called after each classified batch with (model, what was classified, predicted classes), e.g. to retain inputs
 # for feedback by id (service.feedback.retention); never allowed to fail the prediction it follows.
 KeepInputs = Callable[[LoadedModel, "Classified", list[int]], None]
+# Called with (model, number of images) before any of a request's images is decoded, e.g. to charge them to the
+# caller's API key (service.access); raises the client error that refuses them.
+ChargeImages = Callable[[LoadedModel, int], None]
 
 
 class Classified(NamedTuple):
@@ -41,17 +44,20 @@ class Classified(NamedTuple):
 
 class Inference:
     def __init__(self, limits: DecodeLimits, monitor: ModelMonitor, decode_gate: DecodeGate | None = None,
-                 keep_inputs: KeepInputs | None = None):
+                 keep_inputs: KeepInputs | None = None, charge_images: ChargeImages | None = None):
         self.limits = limits
         self.monitor = monitor
         self.decode_gate = decode_gate or DecodeGate()
         self.keep_inputs = keep_inputs
+        self.charge_images = charge_images
 
     def classify_images(self, model: LoadedModel, images: list[bytes]) -> Classified:
         """Encoded image files (PNG, JPEG, ...) -> (len(images), classes) probabilities, through the same
         decoding and normalization as every upload. Every image's header is read and the request's cost checked
         against the limits before the first one is decoded."""
         started = time.perf_counter()
+        if self.charge_images is not None:
+            self.charge_images(model, len(images))
         prepared = []
         for plan in plan_batch(images, model.input_spec, self.limits):
             with self.decode_gate.decoding(plan.work):
@@ -62,7 +68,10 @@ class Inference:
     def classify_pixels(self, model: LoadedModel, pixels: np.ndarray) -> Classified:
         """A float32 batch already in the model's input shape, values in [0, 1] -> probabilities."""
         started = time.perf_counter()
-        return self._predict(model, check_pixels(model, pixels), started)
+        batch = check_pixels(model, pixels)
+        if self.charge_images is not None:
+            self.charge_images(model, len(batch))
+        return self._predict(model, batch, started)
 
     def _predict(self, model: LoadedModel, batch: np.ndarray, started: float,
                  uploads: list[UploadFacts] | None = None) -> Classified:

@@ -81,6 +81,14 @@ CLIENT_TIMEOUTS = Counter(f"{PREFIX}_client_timeouts_total",
                           "Requests cut off with a 408 because the client was too slow, by phase (header, body)",
                           ["phase"])
 
+# API keys (service/access): the key's configured name is the label, never anything a client sends; refusals
+# before a key is known (none sent, or one that matches nothing) have the empty name.
+API_KEY_REQUESTS = Counter(f"{PREFIX}_api_key_requests_total", "Requests admitted, by API key", ["key"])
+API_KEY_IMAGES = Counter(f"{PREFIX}_api_key_images_total", "Images admitted, by API key", ["key"])
+API_KEY_REFUSALS = Counter(f"{PREFIX}_api_key_refusals_total",
+                           "Requests refused by API key and reason (missing, invalid, model, requests, images)",
+                           ["key", "reason"])
+
 
 def start_model_series(model: str, classes: tuple[str, ...] = ()) -> None:
     """Create a model's series at zero when it is first published or loaded. A counter's series otherwise appears

@@ -1,13 +1,7 @@
 """The feedback store on SQLite (several processes writing at once) and on a real PostgreSQL server."""
 
-import glob
 import multiprocessing
-import os
-import shutil
-import subprocess
-import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,7 +9,6 @@ import sqlalchemy as sa
 
 from contract.feedback_store import FeedbackStore, decode_pixels, encode_pixels, make_engine
 from contract.ids import input_id
-from tests.conftest import free_port
 
 
 def _pixels(seed: int, shape=(28, 28)) -> np.ndarray:
@@ -34,39 +27,6 @@ def test_stored_images_are_exactly_the_normalized_pixels():
         pixels = _pixels(2, shape)
         restored = decode_pixels(encode_pixels(pixels)).astype(np.float32) / np.float32(255)
         assert np.array_equal(restored, pixels) and input_id(restored) == input_id(pixels)
-
-
-def _postgres_binaries() -> str | None:
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-    return os.path.dirname(found[-1]) if found else None
-
-
-@pytest.fixture(scope="module")
-def postgres_url():
-    """A real PostgreSQL server from Debian's package, on a free loopback port, stopped after the module."""
-    bindir = _postgres_binaries()
-    if bindir is None:
-        if os.environ.get("REQUIRE_POSTGRES"):
-            pytest.fail("PostgreSQL is not installed (apt-get install postgresql) and REQUIRE_POSTGRES is set")
-        pytest.skip("PostgreSQL is not installed (Debian package postgresql)")
-    # Not under pytest's private temporary folder: the server's user must be able to reach it.
-    folder = Path(tempfile.mkdtemp(prefix="feedback-postgres-"))
-    data = folder / "data"
-    # PostgreSQL refuses to run as root: run it as the package's own user when the tests are root.
-    prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-    if prefix:
-        shutil.chown(folder, "postgres")
-    subprocess.run(prefix + [f"{bindir}/initdb", "-D", str(data), "-U", "feedback", "--auth=trust", "-E", "UTF8"],
-                   check=True, capture_output=True)
-    port = free_port()
-    subprocess.run(prefix + [f"{bindir}/pg_ctl", "-D", str(data), "-l", str(folder / "log"), "-w", "-o",
-                             f"-p {port} -k {folder} -c listen_addresses=127.0.0.1", "start"],
-                   check=True, capture_output=True)
-    try:
-        yield f"postgresql://feedback@127.0.0.1:{port}/postgres"
-    finally:
-        subprocess.run(prefix + [f"{bindir}/pg_ctl", "-D", str(data), "-m", "fast", "stop"], capture_output=True)
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -66,6 +66,19 @@ def test_bad_front_door_values_name_the_variable(environ, message):
         Settings.from_env(environ)
 
 
+@pytest.mark.parametrize("environ, message", [
+    ({"METRICS_PORT": "8000"}, "METRICS_PORT must differ from PORT"),
+    ({"API_KEYS_FILE": "keys.json"}, "API keys need API_KEYS_SECRET"),
+    ({"API_KEYS_FILE": "keys.json", "API_KEYS_SECRET": "short"}, "at least 16 characters"),
+    ({"API_KEYS_DATABASE": "1", "API_KEYS_SECRET": "x" * 16}, "set DATABASE_URL"),
+    ({"API_KEYS_DATABASE": "1", "API_KEYS_FILE": "k.json", "DATABASE_URL": "sqlite://", "API_KEYS_SECRET": "x" * 16},
+     "set one"),
+])
+def test_settings_that_contradict_each_other_are_refused(environ, message):
+    with pytest.raises(ValueError, match=message):
+        Settings.from_env(environ)
+
+
 def test_the_gunicorn_config_takes_every_front_door_setting_from_the_environment(monkeypatch, tmp_path):
     import runpy
 
@@ -75,7 +88,10 @@ def test_the_gunicorn_config_takes_every_front_door_setting_from_the_environment
         monkeypatch.setenv(name, value)
     config = runpy.run_path(str(Path(__file__).resolve().parents[2] / "service" / "front_door" / "gunicorn.conf.py"))
     assert (config["workers"], config["worker_connections"], config["keepalive"], config["timeout"]) == (3, 77, 5, 45)
-    assert config["graceful_timeout"] == 12 and config["bind"] == "127.0.0.1:9123"
+    assert config["graceful_timeout"] == 12 and config["bind"] == ["127.0.0.1:9123"]
+    monkeypatch.setenv("METRICS_PORT", "9124")
+    config = runpy.run_path(str(Path(__file__).resolve().parents[2] / "service" / "front_door" / "gunicorn.conf.py"))
+    assert config["bind"] == ["127.0.0.1:9123", "127.0.0.1:9124"]
     assert config["worker_class"] == "service.front_door.worker.ServiceWorker"
 
 

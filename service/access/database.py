@@ -1,0 +1,153 @@
+"""Keys and quotas in the feedback database (``API_KEYS_DATABASE`` with ``DATABASE_URL``): every replica reads
+the same keys and spends from the same buckets, so a key's quota holds across all of them.
+
+Imported only in that mode: SQLAlchemy is about 20 MB per worker.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+import sqlalchemy as sa
+
+from contract.feedback_store import make_engine
+from service.access.keys import ApiKey
+from service.access.quota import MemoryQuotas, admit
+from service.access.store import RECHECK_SECONDS
+from service.errors import ServiceBusy
+
+log = logging.getLogger("service.access")
+
+metadata = sa.MetaData()
+api_keys = sa.Table(
+    "api_keys", metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("name", sa.String(64), nullable=False),
+    sa.Column("digest", sa.String(64), nullable=False),
+    sa.Column("models", sa.Text),  # JSON list; NULL: every model
+    sa.Column("requests_per_second", sa.Float),
+    sa.Column("burst", sa.Integer),
+    sa.Column("images_per_minute", sa.Integer),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("revoked_at", sa.Float),
+)
+# One row per (key, quota): the cell's theoretical arrival time (service/access/quota.py).
+api_key_quotas = sa.Table(
+    "api_key_quotas", metadata,
+    sa.Column("cell", sa.String(64), primary_key=True),
+    sa.Column("tat", sa.Float, nullable=False),
+)
+
+
+class Database:
+    """The engine and its tables, made on first use (a database down at start does not stop a worker)."""
+
+    def __init__(self, url: str):
+        self.engine = make_engine(url)
+        self.ready = False
+        self.lock = threading.Lock()
+
+    def begin(self):
+        if not self.ready:
+            with self.lock:
+                if not self.ready:
+                    metadata.create_all(self.engine)
+                    self.ready = True
+        return self.engine.begin()
+
+
+class KeyTable:
+    """Keys in the ``api_keys`` table; each worker reads them all again at most every ``RECHECK_SECONDS``. While
+    the database is unreachable the keys read last stay in force; before any were read, requests get a 503."""
+
+    def __init__(self, database: Database, clock: Callable[[], float] = time.monotonic):
+        self.database = database
+        self.clock = clock
+        self.lock = threading.Lock()
+        self.checked_at = float("-inf")
+        self.live: dict[str, ApiKey] | None = None
+
+    def lookup(self, key_id: str) -> ApiKey | None:
+        if self.clock() - self.checked_at >= RECHECK_SECONDS:
+            with self.lock:
+                if self.clock() - self.checked_at >= RECHECK_SECONDS:
+                    self._reload()
+        if self.live is None:
+            raise ServiceBusy("the API keys database is unavailable; retry later", retry_after_seconds=5)
+        return self.live.get(key_id)
+
+    def _reload(self) -> None:
+        self.checked_at = self.clock()
+        try:
+            live = {key.id: key for key in self.keys() if key.revoked_at is None}
+        except sa.exc.SQLAlchemyError as error:
+            log.error("API keys database unavailable, the keys read before stay in force: %s", error)
+            return
+        self.live = live
+
+    def keys(self) -> list[ApiKey]:
+        with self.database.begin() as connection:
+            rows = connection.execute(sa.select(api_keys).order_by(api_keys.c.created_at)).mappings().all()
+        return [ApiKey.from_record({**row, "models": json.loads(row["models"]) if row["models"] else None})
+                for row in rows]
+
+    def add(self, key: ApiKey) -> None:
+        record = key.as_record()
+        record["models"] = json.dumps(record["models"]) if record["models"] is not None else None
+        with self.database.begin() as connection:
+            taken = connection.execute(sa.select(api_keys.c.id).where(
+                api_keys.c.name == key.name, api_keys.c.revoked_at.is_(None))).first()
+            if taken:
+                raise ValueError(f"a live key is already named {key.name!r}; revoke it first or pick another name")
+            connection.execute(api_keys.insert().values(**record))
+
+    def revoke(self, name: str, now: float) -> bool:
+        with self.database.begin() as connection:
+            result = connection.execute(api_keys.update().where(
+                api_keys.c.name == name, api_keys.c.revoked_at.is_(None)).values(revoked_at=now))
+        return result.rowcount > 0
+
+
+class DatabaseQuotas:
+    """Cells as rows, decided in one transaction that holds the row's lock (PostgreSQL) or the database's write
+    lock (SQLite) from the read to the write: three statements a take. While the database is unreachable each
+    worker keeps its own buckets, so requests go on and a key may get up to its quota per worker."""
+
+    def __init__(self, database: Database, clock: Callable[[], float] = time.time):
+        self.database = database
+        self.clock = clock
+        self.fallback = MemoryQuotas(clock)
+        self.warned_at = float("-inf")
+
+    def take(self, cell: str, cost: float, rate: float, burst: float) -> float:
+        try:
+            return self._take(cell, cost, rate, burst)
+        except sa.exc.SQLAlchemyError as error:
+            if time.monotonic() - self.warned_at > 60:
+                self.warned_at = time.monotonic()
+                log.error("API key quotas database unavailable, each worker counts on its own: %s", error)
+            return self.fallback.take(cell, cost, rate, burst)
+
+    def _take(self, cell: str, cost: float, rate: float, burst: float) -> float:
+        for attempt in range(2):
+            try:
+                with self.database.begin() as connection:
+                    tat = connection.execute(api_key_quotas.update().where(api_key_quotas.c.cell == cell)
+                                             .values(tat=api_key_quotas.c.tat)
+                                             .returning(api_key_quotas.c.tat)).scalar()
+                    if tat is None:
+                        connection.execute(api_key_quotas.insert().values(cell=cell, tat=0.0))
+                        tat = 0.0
+                    new_tat, wait = admit(tat, self.clock(), cost, rate, burst)
+                    if new_tat != tat:
+                        connection.execute(api_key_quotas.update().where(api_key_quotas.c.cell == cell)
+                                           .values(tat=new_tat))
+                    return wait
+            except sa.exc.IntegrityError:  # another worker made the row first: it now exists, take again
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")

@@ -48,7 +48,7 @@ ERROR_MEANINGS = {
     400: "The request is malformed: see the message.",
     404: "No such model, version or URL.",
     408: "The request's headers or body arrived too slowly (HEADER_TIMEOUT_SECONDS, BODY_TIMEOUT_SECONDS).",
-    413: "The body is larger than MAX_UPLOAD_BYTES.",
+    413: "The body is larger than MAX_UPLOAD_BYTES, or holds more images than the API key may send in a minute.",
     415: "Not multipart or an image, or an image format that is not supported.",
     422: "The image has more pixels than MAX_IMAGE_PIXELS.",
     503: "Models are still loading.",
@@ -57,6 +57,53 @@ ERROR_MEANINGS = {
 
 def error_responses(statuses: tuple[int, ...], schema: str) -> dict:
     return {str(status): json_response(ERROR_MEANINGS[status], ref(schema)) for status in statuses}
+
+
+# API keys are off unless the server sets API_KEYS_FILE or API_KEYS_DATABASE; then every operation but health,
+# metrics, the pages and feedback's token-guarded ones needs one (service/app.py's OPEN_ENDPOINTS; the tests
+# hold the two together). The empty requirement keeps the document true with keys off.
+API_KEY_SECURITY = [{"apiKey": []}, {"apiKeyBearer": []}, {}]
+KEY_ERROR_MEANINGS = {
+    401: "No API key, and this server needs one: send `X-API-Key: <key>` or `Authorization: Bearer <key>`.",
+    403: "The API key is not valid here (mistyped, revoked or never issued), or it may not call this model.",
+    429: "The API key is past its requests-per-second or images-per-minute quota; retry after `Retry-After` "
+         "seconds.",
+    503: "The API keys' database (API_KEYS_DATABASE) has not answered yet; retry after `Retry-After` seconds.",
+}
+RETRY_AFTER = {"Retry-After": {"description": "Seconds until the request would pass.", "schema": {"type": "integer"}}}
+KEY_ERROR_HEADERS = {
+    401: {"WWW-Authenticate": {"description": "`Bearer realm=\"image-classifier\"`.", "schema": {"type": "string"}}},
+    429: RETRY_AFTER,
+    503: RETRY_AFTER,
+}
+
+
+def keyed(op: dict) -> dict:
+    """The operation as it stands with API keys on: a key required, and the refusals in its protocol's error
+    shape."""
+    schema = "MessageError" if op["tags"][0] in (V2, TF) else "Error"
+    responses = dict(op["responses"])
+    for status, meaning in KEY_ERROR_MEANINGS.items():
+        if str(status) in responses:  # an operation's own 503 (loading, busy) stays as it is described
+            continue
+        responses[str(status)] = json_response(meaning, ref(schema))
+        if status in KEY_ERROR_HEADERS:
+            responses[str(status)]["headers"] = KEY_ERROR_HEADERS[status]
+    responses = dict(sorted(responses.items()))
+    return {**op, "responses": responses, "security": API_KEY_SECURITY}
+
+
+def require_keys(paths: dict, keyless: set[str]) -> dict:
+    """``paths`` with every operation outside ``keyless`` needing an API key."""
+    return {path: item if path in keyless else {method: keyed(op) for method, op in item.items()}
+            for path, item in paths.items()}
+
+
+# Reachable without an API key whatever the server's settings (probes, scrapers, people and their browsers).
+KEYLESS_PATHS = {"/healthz", "/readyz", "/metrics", "/openapi.json", "/", "/docs/", "/guides/{name}",
+                 "/v2/health/live", "/v2/health/ready",
+                 # Behind FEEDBACK_TOKEN instead.
+                 "/feedback", "/feedback/{name}/{image_id}", "/feedback/queue"}
 
 
 def operation(tag: str, summary: str, responses: dict, *, parameters: list | None = None,
@@ -494,13 +541,25 @@ def openapi_document(example: Example = Example()) -> dict:
                                 "TensorFlow Serving REST.\n\nGuides: [the API](/guides/api.md), "
                                 "[operations](/guides/operations.md), [training](/guides/training.md), "
                                 "[performance](/guides/performance.md), [feedback](/guides/feedback.md). "
-                                "[The web page](/) classifies dropped images and shows each model's card."},
+                                "[The web page](/) classifies dropped images and shows each model's card."
+                                "\n\nAPI keys are off unless the server sets API_KEYS_FILE or API_KEYS_DATABASE "
+                                "(see [operations](/guides/operations.md)). Then every operation with a lock "
+                                "needs a key, as `X-API-Key: <key>` or `Authorization: Bearer <key>`, and "
+                                "answers 401 without one, 403 for a key that is not valid or may not call the "
+                                "model, 429 past the key's quota; health, metrics, the pages and the feedback "
+                                "token's operations need none. `GET /models` lists only the models the key may "
+                                "call."},
         "tags": [{"name": NATIVE, "description": "This service's own API."},
                  {"name": V2, "description": "KServe V2 / Open Inference Protocol (REST)."},
                  {"name": TF, "description": "TensorFlow Serving REST API."},
                  {"name": OPS, "description": "Health, metrics and pages."}],
-        "paths": {**native_paths(example), **feedback_paths(example), **kserve_v2_paths(example),
-                  **tf_serving_paths(example)},
-        "components": {"schemas": schemas(), "securitySchemes": {"feedbackToken": {
-            "type": "http", "scheme": "bearer", "description": "The server's FEEDBACK_TOKEN."}}},
+        "paths": require_keys({**native_paths(example), **feedback_paths(example), **kserve_v2_paths(example),
+                               **tf_serving_paths(example)}, KEYLESS_PATHS),
+        "components": {"schemas": schemas(), "securitySchemes": {
+            "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key",
+                       "description": "An API key made by `python -m service keys add`; needed only when the "
+                                      "server sets API_KEYS_FILE or API_KEYS_DATABASE."},
+            "apiKeyBearer": {"type": "http", "scheme": "bearer",
+                             "description": "The same API key, sent as `Authorization: Bearer <key>`."},
+            "feedbackToken": {"type": "http", "scheme": "bearer", "description": "The server's FEEDBACK_TOKEN."}}},
     }

@@ -9,16 +9,18 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jsonschema
 import numpy as np
 import pytest
 import requests
 from openapi_spec_validator import validate
 from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
 
-from service.app import create_app
+from service.app import OPEN_BLUEPRINTS, OPEN_ENDPOINTS, create_app
 from service.web.openapi import error_codes
 from service.settings import Settings
-from tests.conftest import ROOT, SHIPPED_MODELS, png_bytes
+from tests.conftest import API_KEYS_SECRET, ROOT, SHIPPED_MODELS, GunicornServer, png_bytes, write_api_keys
 
 # Flask routes the document leaves out on purpose: the page's static files and Swagger UI's own assets.
 UNDESCRIBED_RULES = {"/static/<path:filename>", "/docs/<path:path>"}
@@ -83,19 +85,130 @@ def test_the_examples_name_the_model_being_served(document, shipped_server):
                                                             "version": str(default["version"])}
 
 
-def test_schemathesis_finds_nothing_against_the_live_server(shipped_server, tmp_path):
+def run_schemathesis(url: str, folder: Path, *options: str) -> None:
     """Bounded: 20 examples per operation, a fixed seed; every phase (examples, coverage, fuzzing, stateful)."""
     schemathesis = Path(sys.executable).parent / "st"
-    command = [str(schemathesis), "run", shipped_server.url + "/openapi.json",
+    command = [str(schemathesis), "run", url + "/openapi.json",
                "--checks", "not_a_server_error,status_code_conformance,content_type_conformance,"
                            "response_schema_conformance",
                "--max-examples", "20", "--seed", "1", "--workers", "1", "--generation-database", "none",
-               "--request-timeout", "30", "--no-color"]
-    run = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+               "--request-timeout", "30", "--no-color", *options]
+    run = subprocess.run(command, cwd=folder, capture_output=True, text=True, timeout=600)
     print(run.stdout[-3000:])
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
     assert re.search(r"\d+ generated, \d+ passed", run.stdout)
     assert "27 passed" in run.stdout or "Tested: " in run.stdout
+
+
+def test_schemathesis_finds_nothing_against_the_live_server(shipped_server, tmp_path):
+    run_schemathesis(shipped_server.url, tmp_path)
+
+
+# --- API keys ---------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def keyed_server(tmp_path_factory):
+    """A server with API keys on; yields it and each key's name -> key."""
+    keys_file = tmp_path_factory.mktemp("openapi-keys") / "keys.json"
+    keys = write_api_keys(keys_file, alice={}, narrow={"models": ("cifar10",)})
+    server = GunicornServer(SHIPPED_MODELS, API_KEYS_FILE=str(keys_file), API_KEYS_SECRET=API_KEYS_SECRET).start()
+    yield server, keys
+    server.stop()
+
+
+def needs_key(op: dict) -> bool:
+    return any("apiKey" in requirement for requirement in op.get("security", []))
+
+
+def test_the_documented_security_is_the_routes_own(app, document):
+    """An operation documents an API key exactly when its route is behind the keys, optional (``{}``) so that it
+    is true with keys off too, and the refusals in its protocol's error shape."""
+    schemes = document["components"]["securitySchemes"]
+    assert (schemes["apiKey"]["type"], schemes["apiKey"]["in"], schemes["apiKey"]["name"]) == (
+        "apiKey", "header", "X-API-Key")
+    assert schemes["apiKeyBearer"]["type"] == "http" and schemes["apiKeyBearer"]["scheme"] == "bearer"
+    adapter = app.url_map.bind("localhost")
+    for method, path in described_operations(document):
+        op = document["paths"][path][method.lower()]
+        endpoint, _ = adapter.match(re.sub(r"\{[a-z_]+\}", "x", path), method=method)
+        keyless = endpoint in OPEN_ENDPOINTS or endpoint.split(".")[0] in OPEN_BLUEPRINTS
+        assert needs_key(op) is not keyless, (method, path, endpoint)
+        if keyless:
+            continue
+        assert {} in op["security"] and {"apiKeyBearer": []} in op["security"]
+        shape = "MessageError" if path.startswith(("/v1/", "/v2")) else "Error"
+        for status in ("401", "403", "429"):
+            assert op["responses"][status]["content"]["application/json"]["schema"] == {
+                "$ref": f"#/components/schemas/{shape}"}, (method, path, status)
+    for code in ("unauthorized", "forbidden", "rate_limited", "request_too_large"):
+        assert code in error_codes()
+
+
+def documented_request(document: dict, method: str, path: str) -> str:
+    """The operation's path with its parameters' examples filled in (a served model, its version...)."""
+    parameters = document["paths"][path][method.lower()].get("parameters", [])
+    examples = {p["name"]: str(p.get("example", "x")) for p in parameters if p["in"] == "path"}
+    return re.sub(r"\{([a-z_]+)\}", lambda match: examples[match.group(1)], path)
+
+
+def test_each_operation_documented_as_needing_a_key_needs_one_and_no_other_does(keyed_server):
+    """Against a server with keys on: each keyed operation answers 401 without a key and 403 with a wrong one (or
+    one for other models), in the error shape its document names, and neither with the key in either header; the
+    keyless ones answer without."""
+    server, keys = keyed_server
+    document = requests.get(server.url + "/openapi.json", timeout=10).json()
+    wrong = "ick_000000000000_" + "A" * 43
+    checked = 0
+    for method, path in sorted(described_operations(document)):
+        op = document["paths"][path][method.lower()]
+        url = server.url + documented_request(document, method, path)
+
+        def send(**headers):
+            return requests.request(method, url, headers=headers, timeout=30)
+
+        if not needs_key(op):
+            answer = send()
+            assert answer.status_code != 401 and "WWW-Authenticate" not in answer.headers, (method, path)
+            continue
+        checked += 1
+        refusals = [({}, 401), ({"X-API-Key": wrong}, 403), ({"Authorization": f"Bearer {wrong}"}, 403)]
+        if "{name}" in path:  # the examples name fashion_mnist, which the narrow key may not call
+            refusals.append(({"X-API-Key": keys["narrow"]}, 403))
+        for headers, status in refusals:
+            answer = send(**headers)
+            assert answer.status_code == status, (method, path, headers, answer.text)
+            schema = op["responses"][str(status)]["content"]["application/json"]["schema"]
+            jsonschema.validate(answer.json(), {**schema, "components": document["components"]})
+            if status == 401:
+                assert answer.headers["WWW-Authenticate"] == 'Bearer realm="image-classifier"'
+        for headers in ({"X-API-Key": keys["alice"]}, {"Authorization": f"Bearer {keys['alice']}"}):
+            answer = send(**headers)
+            assert answer.status_code not in (401, 403), (method, path, headers, answer.text)
+    assert checked >= 20
+
+
+def api_key_counters(url: str) -> dict[tuple[str, str], float]:
+    """(sample name, key and reason) -> value of the API key counters the server exposes."""
+    counters = {}
+    for family in text_string_to_metric_families(requests.get(url + "/metrics", timeout=10).text):
+        for sample in family.samples:
+            if sample.name.startswith("classifier_api_key_") and sample.name.endswith("_total"):
+                counters[sample.name, sample.labels["key"] + ":" + sample.labels.get("reason", "")] = sample.value
+    return counters
+
+
+def test_schemathesis_finds_nothing_against_a_server_with_api_keys(keyed_server, tmp_path):
+    """The same run with keys on and a key passed: every request it sends carries the key and is let in."""
+    server, keys = keyed_server
+    before = api_key_counters(server.url)
+    run_schemathesis(server.url, tmp_path, "-H", f"X-API-Key: {keys['alice']}")
+    after = api_key_counters(server.url)
+    admitted = after[("classifier_api_key_requests_total", "alice:")] - before.get(
+        ("classifier_api_key_requests_total", "alice:"), 0)
+    assert admitted > 500
+    for reason in ("missing", "invalid"):
+        sample = ("classifier_api_key_refusals_total", f":{reason}")
+        assert after.get(sample, 0) == before.get(sample, 0), f"schemathesis sent a request {reason} a key"
 
 
 def test_docs_are_served_locally_without_a_cdn(shipped_server):

@@ -73,8 +73,8 @@ def screenshot(browser, name: str) -> Path:
     return path
 
 
-def served_top1(server, model: str, image: bytes) -> str:
-    return requests.post(f"{server.url}/predict?model={model}", files={"image": ("x", image)},
+def served_top1(server, model: str, image: bytes, headers: dict | None = None) -> str:
+    return requests.post(f"{server.url}/predict?model={model}", files={"image": ("x", image)}, headers=headers,
                          timeout=30).json()["predictions"][0]["top"][0]["label"]
 
 
@@ -226,4 +226,107 @@ def test_the_label_view_shows_the_queue_and_one_click_sends_a_label(browser, lab
     queue = requests.get(server.url + "/feedback/queue", headers={"Authorization": f"Bearer {QUEUE_TOKEN}"},
                          timeout=10).json()["items"]
     assert first.get_attribute("data-id") not in {item["id"] for item in queue}
+    assert policy_violations(browser) == []
+
+
+# --- a server with API keys on --------------------------------------------------------------------------------
+
+KEY_STORAGE = "image-classifier.api-key"  # the page's sessionStorage item (static/app.js)
+
+
+@pytest.fixture(scope="module")
+def keyed_server(tmp_path_factory):
+    """API keys on, and feedback with retained predictions, so the label view's token meets the key; yields the
+    server and each key's name -> key."""
+    from tests.conftest import API_KEYS_SECRET, SHIPPED_MODELS, GunicornServer, write_api_keys
+
+    folder = tmp_path_factory.mktemp("page-keys")
+    keys = write_api_keys(folder / "keys.json", alice={}, narrow={"models": ("cifar10",)})
+    server = GunicornServer(SHIPPED_MODELS, workers=1, API_KEYS_FILE=str(folder / "keys.json"),
+                            API_KEYS_SECRET=API_KEYS_SECRET, FEEDBACK_TOKEN=QUEUE_TOKEN, RETAIN_PREDICTIONS="1",
+                            FEEDBACK_DIR=str(folder / "feedback")).start()
+    yield server, keys
+    server.stop()
+
+
+def model_options(browser) -> list[str]:
+    return [o.get_attribute("value") for o in Select(browser.find_element(By.ID, "model")).options]
+
+
+def submit_key(browser, key: str) -> None:
+    field = browser.find_element(By.ID, "api-key-input")
+    field.clear()
+    field.send_keys(key)
+    browser.find_element(By.ID, "api-key-submit").click()
+
+
+def test_the_page_asks_for_an_api_key_refuses_a_wrong_one_and_classifies_with_the_right_one(
+        browser, keyed_server, fashion, tmp_path):
+    server, keys = keyed_server
+    policy_violations(browser)  # start afresh
+    browser.get(server.url + "/")
+
+    # 1. No key yet: the page asks for one, in a labeled password field that has the focus.
+    prompt = wait_for(browser, expected_conditions.visibility_of_element_located((By.ID, "api-key")),
+                      "the page did not ask for an API key")
+    message = browser.find_element(By.ID, "api-key-message")
+    assert "needs an API key" in message.text and message.get_attribute("role") == "alert"
+    field = browser.find_element(By.ID, "api-key-input")
+    assert field.get_attribute("type") == "password" and field.accessible_name == "API key"
+    assert browser.switch_to.active_element == field
+    assert model_options(browser) == [] and not browser.find_element(By.ID, "page-error").is_displayed()
+    screenshot(browser, "page-api-key-prompt")
+
+    # 2. A wrong key: refused with the server's reason, and not kept.
+    submit_key(browser, "ick_000000000000_" + "A" * 43)
+    wait_for(browser, expected_conditions.text_to_be_present_in_element((By.ID, "api-key-message"), "refused"),
+             "a wrong key was not refused")
+    assert "not valid" in message.text and "{" not in message.text, message.text
+    assert prompt.is_displayed() and model_options(browser) == []
+    assert browser.execute_script("return sessionStorage.getItem(arguments[0])", KEY_STORAGE) is None
+    screenshot(browser, "page-api-key-refused")
+
+    # 3. The right key: the models and the card load, the plots too (fetched with the key), and the key is kept
+    # for this tab only.
+    submit_key(browser, keys["alice"])
+    wait_for(browser, lambda d: len(model_options(d)) == 3, "models did not load with the right key")
+    assert not prompt.is_displayed()
+    wait_for(browser, expected_conditions.text_to_be_present_in_element((By.ID, "card-version"), "v"),
+             "the model card did not load")
+    plots = browser.find_elements(By.CSS_SELECTOR, ".plots img")
+    wait_for(browser, lambda d: all(d.execute_script("return arguments[0].naturalWidth", i) > 0 for i in plots),
+             "the card's plots did not load")
+    assert browser.execute_script("return sessionStorage.getItem(arguments[0])", KEY_STORAGE) == keys["alice"]
+    assert browser.execute_script("return localStorage.length") == 0
+
+    # 4. A real Fashion-MNIST test image the model gets right is classified through the page.
+    headers = {"X-API-Key": keys["alice"]}
+    classes = requests.get(server.url + "/models/fashion_mnist", headers=headers, timeout=10).json()["classes"]
+    index = next(i for i in range(50)
+                 if served_top1(server, "fashion_mnist", png_bytes(fashion.x_test[i]), headers)
+                 == classes[fashion.y_test[i]])
+    image = tmp_path / f"fashion-test-{index}.png"
+    image.write_bytes(png_bytes(fashion.x_test[index]))
+    choose_file(browser, image)
+    result = latest_result(browser)
+    assert result.find_element(By.CSS_SELECTOR, ".top-label").text == classes[fashion.y_test[index]]
+    assert len(result.find_elements(By.CSS_SELECTOR, ".bar")) == 5
+    screenshot(browser, "page-api-key-classified")
+
+    # 5. The label view's feedback token travels beside the key: the queue loads and one click labels.
+    browser.find_element(By.ID, "token").send_keys(QUEUE_TOKEN)
+    browser.find_element(By.ID, "load-queue").click()
+    wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#queue > li"), "the queue did not load")
+    first = browser.find_element(By.CSS_SELECTOR, "#queue > li")
+    first.find_element(By.CSS_SELECTOR, ".label-button").click()
+    wait_for(browser, lambda d: first.find_elements(By.CSS_SELECTOR, ".labeled-as"), "the label was not sent")
+
+    # 6. The key lasts the tab's session; a key for one model gets a page of that model alone.
+    browser.execute_script("sessionStorage.setItem(arguments[0], arguments[1])", KEY_STORAGE, keys["narrow"])
+    browser.refresh()
+    wait_for(browser, lambda d: model_options(d) == ["cifar10"], "a narrow key's page did not list its one model")
+    wait_for(browser, expected_conditions.text_to_be_present_in_element((By.ID, "card-title"), "cifar10"),
+             "the card did not show the key's model")
+    assert not browser.find_element(By.ID, "api-key").is_displayed()
+    assert not browser.find_element(By.ID, "page-error").is_displayed()
     assert policy_violations(browser) == []

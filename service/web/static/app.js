@@ -41,23 +41,89 @@ function showPageError(message) {
   box.hidden = !message;
 }
 
+// --- the API key ---------------------------------------------------------------------------------------------
+// A server with API keys on refuses the API without one; the page then asks for it. The key is kept for this tab
+// only (sessionStorage, gone when the tab closes) and sent as X-API-Key, so the label view's feedback token can
+// still travel in Authorization beside it.
+
+const KEY_STORAGE = "image-classifier.api-key";
+
+// Thrown by a call the server refused for want of a valid key; the key form already says so.
+class KeyNeeded extends Error {}
+
+function withKey(options = {}) {
+  const headers = new Headers(options.headers || {});
+  const key = sessionStorage.getItem(KEY_STORAGE);
+  if (key) headers.set("X-API-Key", key);
+  return {...options, headers};
+}
+
+// A call to an endpoint behind API keys: throws KeyNeeded, after showing the key form, when the key is missing
+// or refused; any other answer is the caller's to read.
+async function callApi(url, options = {}) {
+  const response = await fetch(url, withKey(options));
+  if (response.status === 401) {
+    askForKey("This server needs an API key. Enter yours to use the models.");
+    throw new KeyNeeded("this server needs an API key: enter it above");
+  }
+  if (response.status === 403 && await keyRefused(response.clone())) {
+    sessionStorage.removeItem(KEY_STORAGE);
+    askForKey(`The server refused this API key: ${await errorMessage(response)}.`);
+    throw new KeyNeeded("the server refused the API key: enter another above");
+  }
+  return response;
+}
+
+// A 403 is either a key the server does not know or a model outside the key's scope; the model listing, which
+// names no model, is refused only for the first.
+async function keyRefused(response) {
+  try {
+    if ((await response.json()).error.code !== "forbidden") return false;
+  } catch (ignored) { return false; }
+  const probe = await fetch("models", withKey());
+  return probe.status === 403;
+}
+
+function askForKey(message) {
+  $("#api-key-message").textContent = message;
+  $("#api-key").hidden = false;
+  showPageError("");
+  $("#api-key-input").focus();
+}
+
+function useKey(key) {
+  sessionStorage.setItem(KEY_STORAGE, key);
+  $("#api-key").hidden = true;
+  $("#api-key-input").value = "";
+  loadModels().catch(showLoadError);
+}
+
+function showLoadError(failure) {
+  if (!(failure instanceof KeyNeeded)) showPageError(`Could not load the models: ${failure.message}`);
+}
+
+// --- classify ------------------------------------------------------------------------------------------------
+
 const models = {};  // name -> the listing's entry (its version, what its answers can carry)
 
 async function loadModels() {
-  const response = await fetch("models");
+  const response = await callApi("models");
   if (!response.ok) throw new Error(await errorMessage(response));
   const listing = await response.json();
+  for (const name of Object.keys(models)) delete models[name];
   for (const model of listing.models) models[model.name] = model;
   const select = $("#model");
   select.replaceChildren(...listing.models.map((model) =>
     element("option", {value: model.name, text: `${model.name} (v${model.version})`})));
-  select.value = listing.default_model;
+  if (!listing.models.length) throw new Error("this API key may not call any of the served models");
+  // A key limited to some models may not list the server's default.
+  select.value = Object.hasOwn(models, listing.default_model) ? listing.default_model : listing.models[0].name;
   await showCard(select.value);
 }
 
 async function showCard(name) {
   const [detailResponse, historyResponse] = await Promise.all([
-    fetch(`models/${encodeURIComponent(name)}`), fetch(`models/${encodeURIComponent(name)}/history`)]);
+    callApi(`models/${encodeURIComponent(name)}`), callApi(`models/${encodeURIComponent(name)}/history`)]);
   if (!detailResponse.ok) throw new Error(await errorMessage(detailResponse));
   const model = await detailResponse.json();
   const test = model.metrics.test;
@@ -75,13 +141,24 @@ async function showCard(name) {
     element("td", {text: percent(row.recall)}), element("td", {text: percent(row.f1)}))));
   // The version in the URL keeps the browser from showing the previous version's cached plot.
   for (const [id, file] of [["#confusion-matrix", "confusion_matrix.png"], ["#learning-curves", "learning_curves.png"]]) {
-    $(id).src = `models/${encodeURIComponent(name)}/files/${file}?v=${model.version}`;
+    showPlot($(id), `models/${encodeURIComponent(name)}/files/${file}?v=${model.version}`);
   }
   const events = historyResponse.ok ? (await historyResponse.json()).events : [];
   $("#history tbody").replaceChildren(...events.map((event) => element("tr", {},
     element("td", {text: event.time || ""}), element("td", {text: event.event}),
     element("td", {text: event.version == null ? "" : `v${event.version}`}),
     element("td", {text: event.promoted ? "yes" : "no"}), element("td", {text: event.reason || ""}))));
+}
+
+// Fetched rather than linked: an <img src> cannot send the API key. Shown from a blob: URL, freed once replaced.
+async function showPlot(image, url) {
+  let response;
+  try {
+    response = await callApi(url);
+  } catch (ignored) { return; }  // the plot stays empty; a refused key is on the key form already
+  if (!response.ok) return;
+  if (image.src.startsWith("blob:")) URL.revokeObjectURL(image.src);
+  image.src = URL.createObjectURL(await response.blob());
 }
 
 function bars(top) {
@@ -123,8 +200,9 @@ async function classify(file, model, topK) {
   }
   let response;
   try {
-    response = await fetch(url, {method: "POST", body: form});
+    response = await callApi(url, {method: "POST", body: form});
   } catch (failure) {
+    if (failure instanceof KeyNeeded) return showResultError(item, failure.message);
     // A body over the upload limit can be refused before it is sent; the browser then sees no answer at all.
     return showResultError(item, `the upload failed before the server answered (${failure.message}); ` +
       "a file larger than the upload limit is refused this way");
@@ -172,7 +250,7 @@ async function loadQueue() {
   showQueueError("");
   const model = $("#model").value;
   const response = await fetch(`feedback/queue?model=${encodeURIComponent(model)}&limit=12`,
-                               {headers: {Authorization: `Bearer ${$("#token").value}`}});
+                               withKey({headers: {Authorization: `Bearer ${$("#token").value}`}}));
   if (!response.ok) return showQueueError(await errorMessage(response));
   const queue = await response.json();
   const classes = models[model] ? models[model].classes : [];
@@ -204,10 +282,10 @@ function queueItem(model, item, classes) {
 }
 
 async function sendLabel(model, id, label, entry) {
-  const response = await fetch("feedback", {
+  const response = await fetch("feedback", withKey({
     method: "POST",
     headers: {"Content-Type": "application/json", Authorization: `Bearer ${$("#token").value}`},
-    body: JSON.stringify({model, id, label})});
+    body: JSON.stringify({model, id, label})}));
   const answer = entry.querySelector(".answer");
   if (!response.ok) {
     answer.append(element("p", {class: "error", role: "alert", text: await errorMessage(response)}));
@@ -218,6 +296,11 @@ async function sendLabel(model, id, label, entry) {
 }
 
 function wireUp() {
+  $("#api-key-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const key = $("#api-key-input").value.trim();
+    if (key) useKey(key);
+  });
   $("#queue-form").addEventListener("submit", (event) => {
     event.preventDefault();
     loadQueue().catch((failure) => showQueueError(failure.message));
@@ -236,8 +319,10 @@ function wireUp() {
     classifyFiles([...event.dataTransfer.files]);
   });
   zone.addEventListener("keydown", (event) => { if (event.key === "Enter" || event.key === " ") input.click(); });
-  $("#model").addEventListener("change", () => showCard($("#model").value).catch((e) => showPageError(e.message)));
+  $("#model").addEventListener("change", () => showCard($("#model").value).catch((failure) => {
+    if (!(failure instanceof KeyNeeded)) showPageError(failure.message);
+  }));
 }
 
 wireUp();
-loadModels().catch((failure) => showPageError(`Could not load the models: ${failure.message}`));
+loadModels().catch(showLoadError);

@@ -139,6 +139,26 @@ def _parameters(item: dict, where: str) -> dict:
 
 def _parse_input(item: dict, binary: bytes, max_images: int) -> tuple[InferInput, int]:
     name, datatype, shape = item.get("name"), item.get("datatype"), item.get("shape")
+    count = check_input(name, datatype, shape)
+    size = _parameters(item, f"input {name!r}").get("binary_data_size")
+    if size is not None:
+        if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= len(binary):
+            raise InvalidRequest(f"input {name!r}: binary_data_size {size!r} does not fit the {len(binary)} "
+                                 "bytes of binary data")
+        chunk = binary[:size]
+        value = fp32_values(chunk, count, name) if name == PIXELS_INPUT else length_prefixed(chunk, count, name)
+    else:
+        if "data" not in item:
+            raise InvalidTensor(f"input {name!r} has neither 'data' nor a binary_data_size parameter")
+        value = _json_pixels(item["data"], count, name) if name == PIXELS_INPUT else _json_bytes(item["data"], count,
+                                                                                                  name)
+        size = 0
+    return checked_input(name, datatype, shape, value, max_images), size
+
+
+def check_input(name, datatype, shape) -> int:
+    """The number of elements of a valid input declaration, or the error that refuses it (before its data is
+    read). The REST and gRPC sides of the protocol share it."""
     if name not in (PIXELS_INPUT, IMAGE_INPUT):
         raise InvalidRequest(f"unknown input {name!r}: send '{PIXELS_INPUT}' (FP32 pixels in [0, 1]) or "
                              f"'{IMAGE_INPUT}' (BYTES, encoded image files)")
@@ -149,31 +169,23 @@ def _parse_input(item: dict, binary: bytes, max_images: int) -> tuple[InferInput
             or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape)):
         raise InvalidTensor(f"input {name!r} needs a 'shape': a list of 1 to {MAX_SHAPE_RANK} non-negative whole "
                             "numbers")
-    count = math.prod(shape)
-    size = _parameters(item, f"input {name!r}").get("binary_data_size")
-    if size is not None:
-        if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= len(binary):
-            raise InvalidRequest(f"input {name!r}: binary_data_size {size!r} does not fit the {len(binary)} "
-                                 "bytes of binary data")
-        chunk = binary[:size]
-        value = _binary_pixels(chunk, count, name) if expected == "FP32" else _binary_bytes(chunk, count, name)
-    else:
-        if "data" not in item:
-            raise InvalidTensor(f"input {name!r} has neither 'data' nor a binary_data_size parameter")
-        value = _json_pixels(item["data"], count, name) if expected == "FP32" else _json_bytes(item["data"], count,
-                                                                                                name)
-        size = 0
-    if expected == "FP32":
+    return math.prod(shape)
+
+
+def checked_input(name: str, datatype: str, shape: list[int], value, max_images: int) -> InferInput:
+    """The input with its pixels in their shape, if its batch is within ``max_images``."""
+    if name == PIXELS_INPUT:
         value = value.reshape(shape)
         batch = shape[0] if len(shape) > 1 else 1
     else:
         batch = len(value)
     if batch > max_images:
         raise TooManyImages(f"{batch} images in one request, more than {max_images} (MAX_IMAGES_PER_REQUEST)")
-    return InferInput(name, datatype, value), size
+    return InferInput(name, datatype, value)
 
 
-def _binary_pixels(chunk: bytes, count: int, name: str) -> np.ndarray:
+def fp32_values(chunk: bytes, count: int, name: str) -> np.ndarray:
+    """``count`` little-endian FP32 values, row-major (binary tensor data; gRPC's raw contents)."""
     if len(chunk) != 4 * count:
         raise InvalidTensor(f"input {name!r}: {len(chunk)} bytes of FP32 data for a shape of {count} elements "
                             f"({4 * count} bytes)")
@@ -190,7 +202,9 @@ def _json_pixels(data, count: int, name: str) -> np.ndarray:
     return pixels.ravel()
 
 
-def _binary_bytes(chunk: bytes, count: int, name: str) -> list[bytes]:
+def length_prefixed(chunk: bytes, count: int, name: str) -> list[bytes]:
+    """``count`` BYTES elements, each after its 4-byte little-endian length (binary tensor data; gRPC's raw
+    contents)."""
     elements, offset = [], 0
     while offset < len(chunk):
         if offset + 4 > len(chunk):
@@ -231,12 +245,16 @@ def _flatten(data):
 
 def _parse_output(item: dict, binary_default: bool) -> RequestedOutput:
     name = item.get("name")
+    parameters = _parameters(item, f"output {name!r}") if name in OUTPUTS else {}
+    return requested_output(name, parameters.get("binary_data", binary_default), parameters.get("classification", 0))
+
+
+def requested_output(name, binary, classification) -> RequestedOutput:
+    """An output a request names, checked: a known name, and the classification extension only on the
+    probabilities. The REST and gRPC sides of the protocol share it."""
     if name not in OUTPUTS:
         shown = name if not isinstance(name, str) or len(name) <= 64 else name[:64] + "..."
         raise InvalidRequest(f"unknown output {shown!r}: the model's outputs are {', '.join(OUTPUTS)}")
-    parameters = _parameters(item, f"output {name!r}")
-    binary = parameters.get("binary_data", binary_default)
-    classification = parameters.get("classification", 0)
     if not isinstance(binary, bool):
         raise InvalidRequest("the output parameter binary_data must be true or false")
     if not isinstance(classification, int) or isinstance(classification, bool) or classification < 0:

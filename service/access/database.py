@@ -48,16 +48,25 @@ class Database:
 
     def __init__(self, url: str):
         self.engine = make_engine(url)
+        self.autocommit = self.engine.execution_options(isolation_level="AUTOCOMMIT")
         self.ready = False
         self.lock = threading.Lock()
 
+    def connect(self):
+        """A connection whose every statement commits at once: quota takes hold a row's lock for one statement."""
+        self._create_tables()
+        return self.autocommit.connect()
+
     def begin(self):
+        self._create_tables()
+        return self.engine.begin()
+
+    def _create_tables(self):
         if not self.ready:
             with self.lock:
                 if not self.ready:
                     metadata.create_all(self.engine)
                     self.ready = True
-        return self.engine.begin()
 
 
 class KeyTable:
@@ -113,17 +122,45 @@ class KeyTable:
 
 
 class DatabaseQuotas:
-    """Cells as rows, decided in one transaction that holds the row's lock (PostgreSQL) or the database's write
-    lock (SQLite) from the read to the write: three statements a take. While the database is unreachable each
-    worker keeps its own buckets, so requests go on and a key may get up to its quota per worker."""
+    """Cells as rows. A take is one autocommitted statement that admits and records in one step (the GCRA of
+    ``service.access.quota.admit``, in SQL), so a row is locked only while that statement runs; a refusal reads
+    the row once more to say how long to wait.
+
+    A statement costs about a millisecond of CPU between the worker and the database, so a worker takes a key's
+    budget from the row in slices: up to a tenth of its burst, and no more than a tenth of a second of its rate,
+    spent locally for at most ``SLICE_SECONDS``. Keys with a low rate take one unit at a time, exactly. A slice
+    is spent before it is used, so the quota is never exceeded; a slice a worker does not use in time is lost to
+    the key until the bucket refills, a tenth of a second of its rate at most per worker.
+
+    While the database is unreachable each worker keeps its own buckets, so requests go on and a key may get up
+    to its quota per worker."""
+
+    SLICE_SECONDS = 1.0
 
     def __init__(self, database: Database, clock: Callable[[], float] = time.time):
         self.database = database
         self.clock = clock
         self.fallback = MemoryQuotas(clock)
         self.warned_at = float("-inf")
+        self.slices: dict[str, list[float]] = {}  # cell -> [units left, spend by (monotonic)]
+        self.lock = threading.Lock()
 
     def take(self, cell: str, cost: float, rate: float, burst: float) -> float:
+        with self.lock:
+            held = self.slices.get(cell)
+            if held is not None and held[0] >= cost and held[1] > time.monotonic():
+                held[0] -= cost
+                return 0.0
+        size = max(cost, min(burst / 10, rate / 10))
+        wait = self._take_or_fall_back(cell, size, rate, burst)
+        if wait and size > cost:  # not a whole slice left: just this request's units, then
+            size, wait = cost, self._take_or_fall_back(cell, cost, rate, burst)
+        if not wait and size > cost:
+            with self.lock:
+                self.slices[cell] = [size - cost, time.monotonic() + self.SLICE_SECONDS]
+        return wait
+
+    def _take_or_fall_back(self, cell: str, cost: float, rate: float, burst: float) -> float:
         try:
             return self._take(cell, cost, rate, burst)
         except sa.exc.SQLAlchemyError as error:
@@ -133,21 +170,28 @@ class DatabaseQuotas:
             return self.fallback.take(cell, cost, rate, burst)
 
     def _take(self, cell: str, cost: float, rate: float, burst: float) -> float:
-        for attempt in range(2):
-            try:
-                with self.database.begin() as connection:
-                    tat = connection.execute(api_key_quotas.update().where(api_key_quotas.c.cell == cell)
-                                             .values(tat=api_key_quotas.c.tat)
-                                             .returning(api_key_quotas.c.tat)).scalar()
-                    if tat is None:
+        if cost > burst:
+            return float("inf")
+        interval = 1.0 / rate
+        cells = api_key_quotas.c
+        for _ in range(3):
+            now = self.clock()
+            start = sa.case((cells.tat > now, cells.tat), else_=sa.literal(now))
+            new_tat = start + cost * interval
+            with self.database.connect() as connection:
+                admitted = connection.execute(
+                    api_key_quotas.update().where(cells.cell == cell, new_tat - now <= burst * interval + 1e-9)
+                    .values(tat=new_tat).returning(cells.tat)).first()
+                if admitted is not None:
+                    return 0.0
+                tat = connection.execute(sa.select(cells.tat).where(cells.cell == cell)).scalar()
+                if tat is None:  # the key's first take: make its row, then take again
+                    try:
                         connection.execute(api_key_quotas.insert().values(cell=cell, tat=0.0))
-                        tat = 0.0
-                    new_tat, wait = admit(tat, self.clock(), cost, rate, burst)
-                    if new_tat != tat:
-                        connection.execute(api_key_quotas.update().where(api_key_quotas.c.cell == cell)
-                                           .values(tat=new_tat))
-                    return wait
-            except sa.exc.IntegrityError:  # another worker made the row first: it now exists, take again
-                if attempt:
-                    raise
-        raise AssertionError("unreachable")
+                    except sa.exc.IntegrityError:  # another worker made it first
+                        pass
+                    continue
+            wait = admit(tat, now, cost, rate, burst)[1]
+            if wait:
+                return wait
+        return admit(0.0, 0.0, cost, rate, burst)[1]  # refilled between the statements three times: admit

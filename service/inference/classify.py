@@ -55,9 +55,9 @@ class Inference:
         """Encoded image files (PNG, JPEG, ...) -> (len(images), classes) probabilities, through the same
         decoding and normalization as every upload. Every image's header is read and the request's cost checked
         against the limits before the first one is decoded."""
-        started = time.perf_counter()
         if self.charge_images is not None:
             self.charge_images(model, len(images))
+        started = time.perf_counter()
         prepared = []
         for plan in plan_batch(images, model.input_spec, self.limits):
             with self.decode_gate.decoding(plan.work):
@@ -67,11 +67,10 @@ class Inference:
 
     def classify_pixels(self, model: LoadedModel, pixels: np.ndarray) -> Classified:
         """A float32 batch already in the model's input shape, values in [0, 1] -> probabilities."""
-        started = time.perf_counter()
         batch = check_pixels(model, pixels)
         if self.charge_images is not None:
             self.charge_images(model, len(batch))
-        return self._predict(model, batch, started)
+        return self._predict(model, batch, time.perf_counter())
 
     def _predict(self, model: LoadedModel, batch: np.ndarray, started: float,
                  uploads: list[UploadFacts] | None = None) -> Classified:

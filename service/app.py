@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 import orjson
 from flask import Flask, g, request
 from flask.json.provider import JSONProvider
 
 from service.access.gate import AccessGate, build_gate
+from service.access.keys import ApiKey
 from service.errors import NotFound
 from service.feedback import routes as feedback_routes
 from service.http import operations
@@ -64,7 +66,8 @@ def create_app(settings: Settings | None = None, watch: bool = True) -> Flask:
     return app
 
 
-def build_state(settings: Settings, watch: bool) -> AppState:
+def build_state(settings: Settings, watch: bool, api_key: Callable[[], ApiKey] = lambda: g.api_key) -> AppState:
+    """One process's state; ``api_key`` gives the key of the call being served (an HTTP request's by default)."""
     monitor = ModelMonitor(settings.input_monitoring, settings.low_confidence_threshold,
                            settings.drift_window_images, metrics.multiprocess_dir())
     registry = ModelRegistry(settings.models_dir, settings.runtime, settings.sizing.threads)
@@ -82,7 +85,7 @@ def build_state(settings: Settings, watch: bool) -> AppState:
             retention = Retention(store, settings.retain_max_bytes, settings.retain_max_age_seconds)
     access = build_gate(settings, metrics.multiprocess_dir())
     # A request's images are charged to its key once their number is known, before the first is decoded.
-    charge = (lambda model, count: access.charge_images(g.api_key, count)) if access else None
+    charge = (lambda model, count: access.charge_images(api_key(), count)) if access else None
     inference = Inference(DecodeLimits.from_settings(settings), monitor,
                           keep_inputs=retention.keep if retention else None, charge_images=charge)
     return AppState(settings, registry, monitor, inference, store, access)

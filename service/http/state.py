@@ -20,6 +20,7 @@ from service.settings import Settings
 if TYPE_CHECKING:  # imported only when feedback is on: SQLAlchemy is about 20 MB per worker
     from contract.feedback_store import FeedbackStore
     from service.access.gate import AccessGate
+    from service.access.keys import ApiKey
 
 
 @dataclass
@@ -38,15 +39,18 @@ class AppState:
         return self.registry.ready and not self.draining.is_set()
 
     def served_model(self, name: str, version: str | None = None) -> LoadedModel:
-        """The model (and, if named, version) a request asks for; labels the request's metrics with it. With
-        API keys on, a model outside the key's scope is refused before it is looked up, so the answer does not
-        tell whether it exists."""
+        """The model (and, if named, version) an HTTP request asks for; labels the request's metrics with it."""
         g.model_label = "unknown"
-        if not self.may_call(name):
-            self.access.check_model(g.api_key, name)
-        model = self.registry.get(name, version)
+        model = self.model_for(name, version, g.get("api_key"))
         g.model_label = model.name
         return model
+
+    def model_for(self, name: str, version: str | None, key: ApiKey | None) -> LoadedModel:
+        """The model a call asks for, whatever its transport. With API keys on, a model outside the key's scope is
+        refused before it is looked up, so the answer does not tell whether it exists."""
+        if key is not None and not key.allows(name):
+            self.access.check_model(key, name)
+        return self.registry.get(name, version)
 
     def may_call(self, name: str) -> bool:
         """Whether this request's key (if keys are on) may call the model; lists show only such models."""

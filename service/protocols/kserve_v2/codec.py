@@ -27,9 +27,9 @@ import numpy as np
 import orjson
 
 from service.errors import InvalidTensor, TooManyImages
-from service.inference.classify import Classified
+from service.inference.classify import Classified, Inference
 from service.inference.registry import LoadedModel
-from service.inference.uncertainty import PredictionSet
+from service.inference.uncertainty import PredictionSet, parse_set_options, prediction_sets
 from service.inference.uploads import whole_number
 from service.protocols.common import InvalidRequest, json_object, message_error_body
 
@@ -262,6 +262,24 @@ def requested_output(name, binary, classification) -> RequestedOutput:
     if classification and name != OUTPUT:
         raise InvalidRequest(f"the classification extension applies to '{OUTPUT}', not {name!r}")
     return RequestedOutput(name, binary, classification)
+
+
+# --- running it ---------------------------------------------------------------------------------------------
+
+def run_inference(inference: Inference, model: LoadedModel, request: InferRequest,
+                  ) -> tuple[tuple[RequestedOutput, ...], Classified, list[PredictionSet] | None]:
+    """What both transports do with a parsed request: its options and outputs checked against the version, then
+    the one inference path; (the outputs to answer, what was classified, the prediction sets if asked for)."""
+    options = parse_set_options(request.set_parameters.get("coverage"), request.set_parameters.get("guarantee"),
+                                request.set_parameters.get("abstain_above"), model)
+    outputs = request.resolved_outputs(options, model.uncertainty.ood_reference is not None)
+    if request.input.datatype == "BYTES":
+        if not request.input.value:
+            raise InvalidTensor(f"input {IMAGE_INPUT!r} holds no images")
+        classified = inference.classify_images(model, request.input.value)
+    else:
+        classified = inference.classify_pixels(model, request.input.value)
+    return outputs, classified, prediction_sets(model, classified, options)
 
 
 # --- encoding a response ------------------------------------------------------------------------------------

@@ -4,19 +4,17 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify, request
 
-from service.errors import InvalidTensor
 from service.http.routing import model_route
 from service.http.state import AppState
-from service.inference.uncertainty import parse_set_options, prediction_sets
 from service.protocols.kserve_v2.codec import (
     EXTENSIONS,
     HEADER_LENGTH,
-    IMAGE_INPUT,
     PATH_PREFIX,
     SERVER_NAME,
     encode_infer_response,
     model_metadata,
     parse_infer_request,
+    run_inference,
 )
 
 
@@ -58,17 +56,8 @@ def blueprint(state: AppState) -> Blueprint:
         model = state.served_model(name, version)
         parsed = parse_infer_request(request.get_data(cache=False), request.headers.get(HEADER_LENGTH),
                                      settings.max_images_per_request)
-        options = parse_set_options(parsed.set_parameters.get("coverage"), parsed.set_parameters.get("guarantee"),
-                                    parsed.set_parameters.get("abstain_above"), model)
-        outputs = parsed.resolved_outputs(options, model.uncertainty.ood_reference is not None)
-        if parsed.input.datatype == "BYTES":
-            if not parsed.input.value:
-                raise InvalidTensor(f"input {IMAGE_INPUT!r} holds no images")
-            classified = state.inference.classify_images(model, parsed.input.value)
-        else:
-            classified = state.inference.classify_pixels(model, parsed.input.value)
-        body, header_length = encode_infer_response(model, parsed.id, outputs, classified,
-                                                    prediction_sets(model, classified, options))
+        outputs, classified, sets = run_inference(state.inference, model, parsed)
+        body, header_length = encode_infer_response(model, parsed.id, outputs, classified, sets)
         if header_length is None:
             return Response(body, mimetype="application/json")
         return Response(body, mimetype="application/octet-stream", headers={HEADER_LENGTH: str(header_length)})

@@ -47,7 +47,8 @@ COPY --chown=app:app models ./models
 ENV PATH=/opt/venv/bin:$PATH PYTHONPATH=/app PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 \
     HOST=0.0.0.0 PORT=8000 MODELS_DIR=/app/models PROMETHEUS_MULTIPROC_DIR=/tmp/metrics
 USER app
-EXPOSE 8000
+# HTTP (every protocol) and KServe V2 over gRPC (GRPC_PORT; 0 turns it off).
+EXPOSE 8000 8081
 HEALTHCHECK --interval=15s --timeout=3s --start-period=10s --retries=3 \
     CMD python -c "import os, urllib.request; urllib.request.urlopen(f'http://127.0.0.1:{os.environ[\"PORT\"]}/healthz', timeout=2)"
 LABEL org.opencontainers.image.title="image-classifier-service" \

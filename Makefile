@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 DATASETS_DIR ?= $(abspath ../shared/datasets)
 export DATASETS_DIR
 
-.PHONY: serve test test-fast bench train-fashion-mnist train-cifar10 clean
+.PHONY: serve test test-fast bench proto train-fashion-mnist train-cifar10 clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,13 @@ test: $(VENV)/.installed-dev
 test-fast: $(VENV)/.installed-dev
 	$(BIN)/lint-imports --no-cache
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+# The gRPC messages, generated from their .proto into a descriptor pool of their own: Triton's client registers
+# the same message names in the default pool, and a process may hold both.
+GRPC_PROTO := service/protocols/kserve_v2_grpc/grpc_predict_v2.proto
+proto: $(VENV)/.installed-dev
+	$(BIN)/python -m grpc_tools.protoc -I. --python_out=. --grpc_python_out=. $(GRPC_PROTO)
+	sed -i 's/_descriptor_pool.Default()/_descriptor_pool.DescriptorPool()/' $(GRPC_PROTO:.proto=_pb2.py)
 
 bench: $(VENV)/.installed-dev
 	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)

@@ -118,7 +118,9 @@ class Server:
     def __init__(self, app: str | None, workers: int, models_dir: Path, **settings: str):
         self.port = free_port()
         env = {**os.environ, "PORT": str(self.port), "HOST": "127.0.0.1", "WEB_CONCURRENCY": str(workers),
-               "MODELS_DIR": str(models_dir), "DRAIN_SECONDS": "0", **settings}
+               "MODELS_DIR": str(models_dir), "DRAIN_SECONDS": "0",
+               # gRPC only where a bench asks for it, on a port of its own (its processes would share the CPUs).
+               "GRPC_PORT": "0", **settings}
         env.pop("PROMETHEUS_MULTIPROC_DIR", None)
         command = [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "service" / "front_door" / "gunicorn.conf.py")]
         started = time.monotonic()

@@ -59,6 +59,12 @@ class Settings(Locations):
     metrics_port: int | None = setting("METRICS_PORT", None, "set, `/metrics` is served on this port (same "
                                        "`HOST`) and only there, e.g. to keep it off a public route",
                                        minimum=1, maximum=65535, shown="unset: on `PORT`")
+    grpc_port: int = setting("GRPC_PORT", 8081, "port of the KServe V2 gRPC service (same `HOST`); 0 turns gRPC "
+                             "off", minimum=0, maximum=65535)
+    grpc_threads: int = setting("GRPC_THREADS", 4, "threads serving gRPC calls in each gRPC process (one process "
+                                "per worker)", minimum=1)
+    grpc_max_calls: int = setting("GRPC_MAX_CALLS", 16, "gRPC calls a gRPC process holds at once, running or "
+                                  "queued; past it, RESOURCE_EXHAUSTED", minimum=1)
     web_concurrency: int | None = setting(
         "WEB_CONCURRENCY", None, "gunicorn worker processes; unset: one per CPU the cgroup's quota and cpuset "
         "allow, at least 1 (`/models` → `serving` says what was chosen)", minimum=1, shown="one per CPU")
@@ -127,6 +133,8 @@ class Settings(Locations):
             raise SettingError("API keys need API_KEYS_SECRET, at least 16 characters (e.g. `openssl rand -hex 32`)")
         if self.retain_predictions and not self.feedback_token:
             raise SettingError("RETAIN_PREDICTIONS needs FEEDBACK_TOKEN: retained inputs are only for feedback")
+        if self.grpc_port and self.grpc_port in (self.port, self.metrics_port):
+            raise SettingError("GRPC_PORT must differ from PORT and METRICS_PORT (0 turns gRPC off)")
         if self.metrics_port == self.port:
             raise SettingError("METRICS_PORT must differ from PORT (unset, /metrics is served on PORT)")
         if self.max_buffered_bytes < self.max_upload_bytes + self.max_header_bytes:

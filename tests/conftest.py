@@ -146,7 +146,9 @@ class GunicornServer:
         self.url = f"http://127.0.0.1:{self.port}"
         # No drain on SIGTERM unless a test asks for one: every test server stops at once.
         self.env = {**os.environ, "MODELS_DIR": str(models_dir), "PORT": str(self.port), "HOST": "127.0.0.1",
-                    "WEB_CONCURRENCY": str(workers), "MODEL_RELOAD_SECONDS": "0.5", "DRAIN_SECONDS": "0", **env}
+                    "WEB_CONCURRENCY": str(workers), "MODEL_RELOAD_SECONDS": "0.5", "DRAIN_SECONDS": "0",
+                    # gRPC off unless a test asks for it on a port of its own: 8081 is one port for the host.
+                    "GRPC_PORT": "0", **env}
         if "PROMETHEUS_MULTIPROC_DIR" not in env:  # each server its own, unless a test wants to read it
             self.env.pop("PROMETHEUS_MULTIPROC_DIR", None)
         self.process: subprocess.Popen | None = None

@@ -3,7 +3,9 @@
 import math
 import os
 import shutil
+import signal
 import tempfile
+import time
 
 from service.settings import Settings
 
@@ -45,7 +47,14 @@ if settings.worker_class == "gevent":
 
 
 def on_starting(server):
-    """Say how the workers were sized, and warn when a hand-set size asks for more CPUs than the cgroup gives."""
+    """Say how the workers were sized, and warn when a hand-set size asks for more CPUs than the cgroup gives;
+    refuse to start when the gRPC port is taken (by another instance, say), before anything binds."""
+    if settings.grpc_port:
+        from service.front_door import grpc_server
+
+        if grpc_server.port_in_use(settings.host, settings.grpc_port):
+            raise RuntimeError(f"GRPC_PORT {settings.grpc_port} is in use on {settings.host}: stop what holds it, "
+                               "pick another port, or set GRPC_PORT=0 to serve HTTP only")
     sizing = settings.sizing
     server.log.info("sizing: %s", sizing.describe())
     if sizing.workers * sizing.threads > max(1.0, sizing.cpus) + 1e-9:
@@ -67,3 +76,42 @@ def child_exit(server, worker):
     multiprocess.mark_process_dead(worker.pid)
     if getattr(worker, "slot", None) is not None:
         worker.connection_counts.free_slot(worker.slot)
+
+
+_grpc = None  # the gRPC supervisor (service/front_door/grpc_server.py), started once the HTTP side is ready
+
+
+def when_ready(server):
+    """Start the gRPC side, and hand it the master's stop signals as they arrive, so both sides drain at once."""
+    global _grpc
+    if not settings.grpc_port:
+        return
+    from service.front_door import grpc_server
+
+    _grpc = grpc_server.start(settings)
+    for name in ("handle_term", "handle_int", "handle_quit"):
+        setattr(server, name, _stopping_grpc_first(getattr(server, name)))
+
+
+def _stopping_grpc_first(handler):
+    def handle():
+        if _grpc is not None and _grpc.poll() is None:
+            _grpc.send_signal(signal.SIGTERM)
+        return handler()
+    return handle
+
+
+def on_exit(server):
+    """Wait for the gRPC side to finish its drain (it got SIGTERM with the workers), then make sure it is gone."""
+    if _grpc is None:
+        return
+    deadline = time.monotonic() + settings.shutdown_seconds + 2
+    while time.monotonic() < deadline:
+        try:
+            os.kill(_grpc.pid, 0)  # the master reaps every child, this one too: gone means exited
+        except ProcessLookupError:
+            return
+        if _grpc.poll() is not None:
+            return
+        time.sleep(0.1)
+    _grpc.kill()

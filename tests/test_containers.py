@@ -6,8 +6,10 @@ import subprocess
 import time
 import uuid
 
+import numpy as np
 import pytest
 import requests
+import tritonclient.grpc as grpcclient
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench import hostile
@@ -45,8 +47,8 @@ def test_images_build_and_the_compose_stack_serves_and_retrains(fashion, fashion
     assert run("podman", "run", "--rm", "image-classifier-service:latest", "id", "-u").stdout.strip() == "10001"
 
     project = f"ics-test-{uuid.uuid4().hex[:8]}"
-    port = free_port()
-    env = {**os.environ, "API_PORT": str(port), "RETRAIN_INTERVAL": "1h", "DATASETS_DIR": str(fashion_dir.parent),
+    port, grpc_port = free_port(), free_port()
+    env = {**os.environ, "API_PORT": str(port), "API_GRPC_PORT": str(grpc_port), "RETRAIN_INTERVAL": "1h", "DATASETS_DIR": str(fashion_dir.parent),
            "RETRAIN_DATA_DIR": "/datasets"}
     compose = ("podman-compose", "-p", project, "-f", "docker-compose.yml")
     try:
@@ -59,6 +61,16 @@ def test_images_build_and_the_compose_stack_serves_and_retrains(fashion, fashion
         response = requests.post(url + "/predict", files={"image": png_bytes(fashion.x_test[0])}, timeout=10)
         assert response.status_code == 200
         assert response.json()["predictions"][0]["top"][0]["label"] == "Ankle boot"
+        # KServe V2 over gRPC, published beside HTTP.
+        client = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not _grpc_ready(client):
+            time.sleep(1)
+        image = grpcclient.InferInput("image", [1], "BYTES")
+        image.set_data_from_numpy(np.array([png_bytes(fashion.x_test[0])], dtype=np.object_))
+        top = client.infer("fashion_mnist", [image], outputs=[
+            grpcclient.InferRequestedOutput("probabilities", class_count=1)]).as_numpy("probabilities")
+        assert top[0][0].decode().endswith(":Ankle boot")
         families = {f.name: f for f in text_string_to_metric_families(requests.get(url + "/metrics").text)}
         assert "classifier_http_requests" in families and "classifier_model_info" in families
         # The page, the API description, Swagger UI's files and the guides come with the image, not from a CDN.
@@ -78,6 +90,13 @@ def test_images_build_and_the_compose_stack_serves_and_retrains(fashion, fashion
         assert state.strip() == "true"
     finally:
         run(*compose, "down", "-v", env=env, check=False, timeout=300)
+
+
+def _grpc_ready(client) -> bool:
+    try:
+        return client.is_server_ready()
+    except Exception:  # not listening yet
+        return False
 
 
 def test_the_serving_image_under_the_kubernetes_memory_limit_survives_the_hostile_corpus(fashion):

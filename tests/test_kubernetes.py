@@ -81,6 +81,12 @@ def test_the_base_has_the_api_its_scaling_and_the_retraining_job():
     assert objects[("PodDisruptionBudget", "api")]["spec"]["selector"]["matchLabels"] == selector
     assert objects[("HorizontalPodAutoscaler", "api")]["spec"]["scaleTargetRef"]["name"] == "api"
     assert objects[("HorizontalPodAutoscaler", "api")]["spec"]["metrics"][0]["resource"]["name"] == "cpu"
+    # HTTP and gRPC are named ports of the container, and the Service routes each by name.
+    container_ports = {p["name"]: p["containerPort"] for p in deployment["spec"]["template"]["spec"]["containers"][0]
+                       ["ports"]}
+    assert container_ports == {"http": 8000, "grpc": 8081}
+    service_ports = {p["name"]: p["targetPort"] for p in objects[("Service", "api")]["spec"]["ports"]}
+    assert service_ports == {"http": "http", "grpc": "grpc"}
 
 
 def test_the_api_deployment_rolls_safely_probes_and_runs_restricted():

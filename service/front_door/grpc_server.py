@@ -12,7 +12,8 @@ connections over them.
 gunicorn's master starts the supervisor when it is ready, forwards its stop signals to it (so both sides drain
 together) and waits for it on exit (service/front_door/gunicorn.conf.py). On SIGTERM a server reports
 NOT_SERVING (``grpc.health.v1``) and false to ``ServerReady`` for ``DRAIN_SECONDS`` while it still serves, then
-lets calls in flight finish for ``GRACEFUL_TIMEOUT_SECONDS``, as the HTTP workers do.
+lets calls in flight finish for ``GRACEFUL_TIMEOUT_SECONDS``, as the HTTP workers do; SIGINT and SIGQUIT stop
+it at once, as they stop gunicorn.
 """
 
 from __future__ import annotations
@@ -64,9 +65,9 @@ def start(settings: Settings) -> subprocess.Popen:
 # --- the supervisor -------------------------------------------------------------------------------------------
 
 def supervise(settings: Settings) -> int:
-    stopping = threading.Event()
+    stopping, received = threading.Event(), []
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
-        signal.signal(signum, lambda *_: stopping.set())
+        signal.signal(signum, lambda signum, _: (received.append(signum), stopping.set()))
     count = settings.sizing.workers
 
     def launch() -> subprocess.Popen:
@@ -83,9 +84,9 @@ def supervise(settings: Settings) -> int:
                 if stopping.wait(RESTART_DELAY_SECONDS):
                     break
                 servers[index] = launch()
-    for server in servers:
+    for server in servers:  # the signal the master got: SIGTERM drains, SIGINT and SIGQUIT stop at once
         if server.poll() is None:
-            server.send_signal(signal.SIGTERM)
+            server.send_signal(received[0])
     deadline = time.monotonic() + settings.shutdown_seconds + 1
     for server in servers:
         try:
@@ -116,9 +117,9 @@ def serve(settings: Settings) -> int:
     from service.protocols.kserve_v2_grpc.codec import SERVICE_NAME
     from service.protocols.kserve_v2_grpc.servicer import Call, InferenceServicer
 
-    stopping = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stopping.set())
+    stopping, received = threading.Event(), []
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+        signal.signal(signum, lambda signum, _: (received.append(signum), stopping.set()))
     call = Call()
     state = build_state(settings, watch=True, api_key=lambda: call.key)
     server = grpc.server(
@@ -144,6 +145,9 @@ def serve(settings: Settings) -> int:
     state.draining.set()
     for service in ("", SERVICE_NAME):
         checks.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+    if received[0] != signal.SIGTERM:  # SIGINT (Ctrl-C) and SIGQUIT stop at once, as gunicorn's workers do
+        server.stop(0).wait()
+        return 0
     time.sleep(settings.drain_seconds)
     server.stop(settings.graceful_timeout_seconds).wait()
     return 0

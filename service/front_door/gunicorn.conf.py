@@ -89,14 +89,17 @@ def when_ready(server):
     from service.front_door import grpc_server
 
     _grpc = grpc_server.start(settings)
-    for name in ("handle_term", "handle_int", "handle_quit"):
-        setattr(server, name, _stopping_grpc_first(getattr(server, name)))
+    for name, signum in (("handle_term", signal.SIGTERM), ("handle_int", signal.SIGINT),
+                         ("handle_quit", signal.SIGQUIT)):
+        setattr(server, name, _passing_to_grpc(signum, getattr(server, name)))
 
 
-def _stopping_grpc_first(handler):
+def _passing_to_grpc(signum, handler):
+    """The master's handler of a stop signal, passing the signal on to the gRPC side first: SIGTERM drains both
+    sides together, SIGINT and SIGQUIT stop both at once."""
     def handle():
         if _grpc is not None and _grpc.poll() is None:
-            _grpc.send_signal(signal.SIGTERM)
+            _grpc.send_signal(signum)
         return handler()
     return handle
 

@@ -253,6 +253,14 @@ def grpc_server_pids(master_pid: int) -> list[int]:
             for pid in children(supervisor)]
 
 
+def alive(pid: int) -> bool:
+    """Whether the process exists and has not exited (a zombie waiting for its parent has)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def load(target: str, image: bytes, results: list, stop: threading.Event, seconds: float = 40):
     """Calls until stopped, bounded in time; each result is (status code, version)."""
     with grpc.insecure_channel(target) as channel:
@@ -331,7 +339,7 @@ def test_a_crashed_grpc_process_is_replaced_and_a_stop_drains(tmp_path, fashion)
         server.process.wait(30)
         stop.set()
         thread.join(30)
-        assert not grpc_server_pids(server.process.pid)
+        assert not any(map(alive, replaced))
         answered = [code for code, _ in results]
         assert answered[:served_while_draining] == [grpc.StatusCode.OK] * served_while_draining
     finally:
@@ -365,5 +373,21 @@ def test_api_keys_over_grpc(tmp_path, fashion):
             assert int(dict(limited.value.trailing_metadata())["retry-after"]) >= 1
         client = grpcclient.InferenceServerClient(server.grpc_target)
         assert client.is_model_ready("fashion_mnist", headers={"x-api-key": keys["full"]})
+    finally:
+        server.stop()
+
+
+def test_ctrl_c_stops_both_sides_at_once_without_the_drain():
+    """SIGINT, as Ctrl-C on `make serve` sends it: with a 30 s drain set, everything has stopped well before."""
+    server = start_with_grpc(SHIPPED_MODELS, workers=1, DRAIN_SECONDS="30")
+    try:
+        pids = grpc_server_pids(server.process.pid)
+        assert len(pids) == 1
+        server.process.send_signal(signal.SIGINT)
+        server.process.wait(20)  # TimeoutExpired here would mean a side waited out its drain
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and any(map(alive, pids)):
+            time.sleep(0.1)
+        assert not any(map(alive, pids))
     finally:
         server.stop()

@@ -78,6 +78,22 @@ def served_top1(server, model: str, image: bytes, headers: dict | None = None) -
                          timeout=30).json()["predictions"][0]["top"][0]["label"]
 
 
+def classify_a_test_image_it_gets_right(browser, server, fashion, tmp_path, headers=None):
+    """Drop through the page a real Fashion-MNIST test image the model gets right; its true label must be shown,
+    with bars. (The result element, the classes, the image's index.)"""
+    classes = requests.get(server.url + "/models/fashion_mnist", headers=headers, timeout=10).json()["classes"]
+    index = next(i for i in range(50)
+                 if served_top1(server, "fashion_mnist", png_bytes(fashion.x_test[i]), headers)
+                 == classes[fashion.y_test[i]])
+    image = tmp_path / f"fashion-test-{index}.png"
+    image.write_bytes(png_bytes(fashion.x_test[index]))
+    choose_file(browser, image)
+    result = latest_result(browser)
+    assert result.find_element(By.CSS_SELECTOR, ".top-label").text == classes[fashion.y_test[index]]
+    assert len(result.find_elements(By.CSS_SELECTOR, ".bar")) == 5
+    return result, classes, index
+
+
 def test_the_page_classifies_real_images_and_shows_readable_errors(browser, shipped_server, fashion, cifar_folder,
                                                                    tmp_path):
     browser.get(shipped_server.url + "/")
@@ -88,16 +104,7 @@ def test_the_page_classifies_real_images_and_shows_readable_errors(browser, ship
     assert len(browser.find_elements(By.CSS_SELECTOR, "#per-class tbody tr")) == 10
 
     # 1. A real Fashion-MNIST test image the model gets right: its true label is shown, with bars.
-    classes = requests.get(shipped_server.url + "/models/fashion_mnist", timeout=10).json()["classes"]
-    index = next(i for i in range(50)
-                 if served_top1(shipped_server, "fashion_mnist", png_bytes(fashion.x_test[i]))
-                 == classes[fashion.y_test[i]])
-    image = tmp_path / f"fashion-test-{index}.png"
-    image.write_bytes(png_bytes(fashion.x_test[index]))
-    choose_file(browser, image)
-    result = latest_result(browser)
-    assert result.find_element(By.CSS_SELECTOR, ".top-label").text == classes[fashion.y_test[index]]
-    assert len(result.find_elements(By.CSS_SELECTOR, ".bar")) == 5
+    result, classes, index = classify_a_test_image_it_gets_right(browser, shipped_server, fashion, tmp_path)
     seen = result.find_element(By.CSS_SELECTOR, ".as-seen img")
     assert browser.execute_script("return arguments[0].naturalWidth", seen) == 28
     # The 90% prediction set (the page's default) and how like the training data the image is.
@@ -300,17 +307,8 @@ def test_the_page_asks_for_an_api_key_refuses_a_wrong_one_and_classifies_with_th
     assert browser.execute_script("return localStorage.length") == 0
 
     # 4. A real Fashion-MNIST test image the model gets right is classified through the page.
-    headers = {"X-API-Key": keys["alice"]}
-    classes = requests.get(server.url + "/models/fashion_mnist", headers=headers, timeout=10).json()["classes"]
-    index = next(i for i in range(50)
-                 if served_top1(server, "fashion_mnist", png_bytes(fashion.x_test[i]), headers)
-                 == classes[fashion.y_test[i]])
-    image = tmp_path / f"fashion-test-{index}.png"
-    image.write_bytes(png_bytes(fashion.x_test[index]))
-    choose_file(browser, image)
-    result = latest_result(browser)
-    assert result.find_element(By.CSS_SELECTOR, ".top-label").text == classes[fashion.y_test[index]]
-    assert len(result.find_elements(By.CSS_SELECTOR, ".bar")) == 5
+    result, _, _ = classify_a_test_image_it_gets_right(browser, server, fashion, tmp_path,
+                                                         {"X-API-Key": keys["alice"]})
     screenshot(browser, "page-api-key-classified")
 
     # 5. The label view's feedback token travels beside the key: the queue loads and one click labels.

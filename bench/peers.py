@@ -7,6 +7,7 @@ and is sent requests in its own upload format:
 | peer | server | upload |
 |---|---|---|
 | Triton (PyTriton) | Triton's C++ server, two Python model instances, dynamic batcher | V2 binary tensor, BYTES input |
+| Triton over gRPC | the same server's gRPC port | ``ModelInfer``, BYTES input in ``raw_input_contents`` |
 | MLServer | MLServer, two parallel inference workers | V2 JSON, BYTES input (base64) |
 | LitServe | LitServe, two inference workers | multipart |
 | BentoML | BentoML, two workers, access log off | multipart |
@@ -50,6 +51,44 @@ def v2_binary_request(path: str, image: bytes) -> Request:
     return Request(path, {"Content-Type": "application/octet-stream",
                           "Inference-Header-Content-Length": str(len(header))},
                    header + struct.pack("<I", len(image)) + image)
+
+
+def v2_binary_top1(body: bytes, headers) -> int:
+    """The predicted class index in a V2 binary answer holding the output ``probabilities`` alone."""
+    size = int(headers["Inference-Header-Content-Length"])
+    probabilities = struct.unpack(f"<{(len(body) - size) // 4}f", body[size:])
+    return max(range(len(probabilities)), key=probabilities.__getitem__)
+
+
+GRPC_INFER_PATH = "/inference.GRPCInferenceService/ModelInfer"
+
+
+def grpc_infer_message(model: str, image: bytes, shape: list[int]) -> bytes:
+    """A serialized KServe V2 ``ModelInferRequest``: one encoded image in the BYTES input ``image`` (``shape``: [1]
+    for the service, [1, 1] for a batching Triton model), carried in ``raw_input_contents`` as a 4-byte
+    little-endian length and the bytes; the output ``probabilities`` asked for."""
+    from service.protocols.kserve_v2_grpc import grpc_predict_v2_pb2 as pb
+
+    return pb.ModelInferRequest(
+        model_name=model,
+        inputs=[pb.ModelInferRequest.InferInputTensor(name="image", datatype="BYTES", shape=shape)],
+        outputs=[pb.ModelInferRequest.InferRequestedOutputTensor(name="probabilities")],
+        raw_input_contents=[struct.pack("<I", len(image)) + image]).SerializeToString()
+
+
+def grpc_frame(message: bytes) -> bytes:
+    """A gRPC message as it goes in an HTTP/2 request body: not compressed (flag 0), 4-byte big-endian length."""
+    return b"\0" + struct.pack(">I", len(message)) + message
+
+
+def grpc_top1(response: bytes) -> int:
+    """The predicted class index in a serialized ``ModelInferResponse`` whose first output is ``probabilities``
+    in ``raw_output_contents``."""
+    from service.protocols.kserve_v2_grpc import grpc_predict_v2_pb2 as pb
+
+    answer = pb.ModelInferResponse.FromString(response)
+    probabilities = struct.unpack(f"<{len(answer.raw_output_contents[0]) // 4}f", answer.raw_output_contents[0])
+    return max(range(len(probabilities)), key=probabilities.__getitem__)
 
 
 @dataclass(frozen=True)
@@ -118,9 +157,8 @@ class Peer:
     def top1(self, body: bytes, headers) -> int:
         """The predicted class index in this peer's response."""
         if self.key == "triton":
-            size = int(headers["Inference-Header-Content-Length"])
-            probabilities = struct.unpack(f"<{(len(body) - size) // 4}f", body[size:])
-        elif self.key == "mlserver":
+            return v2_binary_top1(body, headers)
+        if self.key == "mlserver":
             probabilities = json.loads(body)["outputs"][0]["data"]
         else:
             probabilities = json.loads(body)["probabilities"]
@@ -143,11 +181,13 @@ PEERS = (
 class PeerServer:
     """One peer, started on a loopback port with the given model; stopped with its whole process group."""
 
-    def __init__(self, peer: Peer, port: int, model_path: Path, color_mode: str, workdir: Path):
-        self.peer, self.port = peer, port
+    def __init__(self, peer: Peer, port: int, model_path: Path, color_mode: str, workdir: Path,
+                 grpc_port: int = 0):
+        """``grpc_port``: where a peer that speaks gRPC (Triton) listens for it; 0, the default, turns it off."""
+        self.peer, self.port, self.grpc_port = peer, port, grpc_port
         env = {**os.environ, **peer.extra_env, "PEER_MODEL": str(model_path), "PEER_COLOR_MODE": color_mode,
-               "PEER_PORT": str(port), "PYTHONPATH": str(SERVERS), "BENTOML_HOME": str(workdir / "bentoml"),
-               "OMP_NUM_THREADS": "1"}
+               "PEER_PORT": str(port), "PEER_GRPC_PORT": str(grpc_port), "PYTHONPATH": str(SERVERS),
+               "BENTOML_HOME": str(workdir / "bentoml"), "OMP_NUM_THREADS": "1"}
         workdir.mkdir(parents=True, exist_ok=True)
         started = time.monotonic()
         self.log = open(workdir / "server.log", "w")

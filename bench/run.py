@@ -6,17 +6,20 @@
 Part 1, the request path: the service, a bare Flask app that only reads the upload (``bench/bare_app.py``) and
 the service with inference replaced by a fixed answer (``bench/fixed_answer_app.py``), all under the same
 gunicorn settings, on Fashion-MNIST PNGs and CIFAR-10 JPEGs. Part 2, the protocols: the same PNGs through
-``/predict``, KServe V2 with binary tensor data (the PNG in a BYTES input) and TF Serving (``{"b64": ...}``),
-on one service. Part 3, the peers (``bench/peers.py``): Triton,
-MLServer, LitServe and BentoML, each in its own virtual environment, serving the same int8 ONNX model with two
-workers, in their own upload formats, loaded beside the service and the bare app on Fashion-MNIST PNGs, after
-a check that each gives the service's top-1 label on 200 real images.
+``/predict``, KServe V2 with binary tensor data (the PNG in a BYTES input), TF Serving (``{"b64": ...}``) and
+KServe V2 over gRPC (``ModelInfer``, the PNG in a BYTES input's ``raw_input_contents``), on one service, after a
+check that gRPC gives the same top-1 labels as HTTP. Part 3, the peers (``bench/peers.py``): Triton (over HTTP
+and over gRPC), MLServer, LitServe and BentoML, each in its own virtual environment, serving the same int8 ONNX
+model with two workers, in their own upload formats, loaded beside the service and the bare app on Fashion-MNIST
+PNGs, after a check that each gives the service's top-1 label on 200 real images.
 
-Each target is loaded with wrk (one thread, keep-alive connections, ``bench/requests.lua``) in rounds, the
-targets back to back in alternating order; ratios are taken within each round and reported as their median and
-range, since the machine's speed drifts over minutes far more than between neighbors. It prints req/s,
-p50/p99, server CPU per request and errors per target, the RSS of each server's whole process tree, time to
-ready, batch amortization, and the in-process cost per image of each step; everything goes to
+Each HTTP target is loaded with wrk (one thread, keep-alive connections, ``bench/requests.lua``), each gRPC
+target with h2load (nghttp2's HTTP/2 load generator, sending real gRPC frames; one connection per h2load
+process, one call in flight on each, every call's gRPC status checked against the server's own count), in
+rounds, the targets back to back in alternating order; ratios are taken within each round and reported as their
+median and range, since the machine's speed drifts over minutes far more than between neighbors. It prints req/s,
+p50/p99, server and load generator CPU per request and errors per target, the RSS of each server's whole process
+tree, time to ready, batch amortization, and the in-process cost per image of each step; everything goes to
 ``bench/results/latest.json``. Everything listens on 127.0.0.1 only; every load run is bounded by its seconds.
 """
 
@@ -26,6 +29,8 @@ import argparse
 import base64
 import json
 import os
+import resource
+import shutil
 import signal
 import socket
 import statistics
@@ -43,7 +48,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from peers import MULTIPART_TYPE, PEERS, PeerServer, Request, multipart, v2_binary_request  # noqa: E402
+from peers import (GRPC_INFER_PATH, MULTIPART_TYPE, PEERS, PeerServer, Request, grpc_frame,  # noqa: E402
+                   grpc_infer_message, grpc_top1, multipart, v2_binary_request, v2_binary_top1)
 
 
 def free_port() -> int:
@@ -127,6 +133,9 @@ class Server:
         self.process = subprocess.Popen(command + ([app] if app else []), cwd=ROOT, env=env,
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.ready_seconds = self._wait_ready(started)
+        self.grpc_port = int(env["GRPC_PORT"])
+        if self.grpc_port:
+            wait_grpc_ready(self.grpc_port, started)
 
     def _wait_ready(self, started: float) -> float:
         while time.monotonic() - started < 60:
@@ -141,6 +150,25 @@ class Server:
     def stop(self) -> None:
         self.process.send_signal(signal.SIGTERM)
         self.process.wait(timeout=30)
+
+
+def wait_grpc_ready(port: int, started: float, timeout: float = 120) -> None:
+    """Until a gRPC server says ``ServerReady`` on ``port``."""
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    client = grpcclient.InferenceServerClient(f"127.0.0.1:{port}")
+    try:
+        while time.monotonic() - started < timeout:
+            try:
+                if client.is_server_ready(client_timeout=2):
+                    return
+            except InferenceServerException:
+                pass
+            time.sleep(0.1)
+    finally:
+        client.close()
+    raise RuntimeError(f"the gRPC server on {port} was not ready within {timeout} s")
 
 
 def write_requests(folder: Path, name: str, requests: list[Request]) -> Path:
@@ -162,6 +190,7 @@ def service_requests(images: list[bytes], content_type: str, per_request: int) -
 
 def wrk(port: int, path: str, listing: Path, seconds: float, connections: int) -> dict:
     env = {**os.environ, "BENCH_REQUESTS": str(listing), "BENCH_PATH": path}
+    client_before = children_cpu_seconds()
     result = subprocess.run(
         ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "5s",
          "-s", str(ROOT / "bench" / "requests.lua"), f"http://127.0.0.1:{port}"],
@@ -169,21 +198,173 @@ def wrk(port: int, path: str, listing: Path, seconds: float, connections: int) -
     line = next(line for line in result.stdout.splitlines() if line.startswith("RESULT "))
     figures = json.loads(line.removeprefix("RESULT "))
     figures["rps"] = figures["requests"] / figures["seconds"]
+    figures["client_cpu_us_per_request"] = (children_cpu_seconds() - client_before) / max(figures["requests"], 1) * 1e6
     return figures
 
 
+def children_cpu_seconds() -> float:
+    """User + system CPU time of this process's finished children (the load generators)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def ensure_h2load() -> None:
+    """nghttp2's h2load, the HTTP/2 load generator the gRPC rows use (Debian's ``nghttp2-client``)."""
+    if shutil.which("h2load") is None:
+        subprocess.run(["apt-get", "update", "-qq"], check=True)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "nghttp2-client"], check=True)
+
+
+def write_grpc_bodies(folder: Path, name: str, messages: list[bytes]) -> list[Path]:
+    """One file per request: the HTTP/2 request body of a unary gRPC call (the framed message)."""
+    paths = []
+    for i, message in enumerate(messages):
+        path = folder / f"{name}-{i}.grpc"
+        path.write_bytes(grpc_frame(message))
+        paths.append(path)
+    return paths
+
+
+H2LOAD_COUNTS = ("total", "started", "done", "succeeded", "failed", "errored", "timeout")
+
+
+def h2load(port: int, bodies: list[Path], seconds: float, connections: int, first: int = 0) -> dict:
+    """Unary gRPC calls (``ModelInfer``) from h2load, as a gRPC client puts them on the wire: HTTP/2 POSTs with
+    ``content-type: application/grpc`` and ``te: trailers``. ``connections`` connections with one call in flight
+    each, as wrk's keep-alive connections (and so that a server sharing its port with SO_REUSEPORT gets them
+    spread over its processes). h2load sends one body, so each connection is an h2load process of its own with
+    its own image: bodies ``first``, ``first + 1``, ... Latencies come from h2load's per-request log. HTTP status
+    only: a failed call is still a 200, so its gRPC status must be checked elsewhere (``grpc_verified``)."""
+    logs = [Path(tempfile.mkstemp(prefix="h2load-", suffix=".log")[1]) for _ in range(connections)]
+    client_before = children_cpu_seconds()
+    processes = [subprocess.Popen(
+        ["h2load", "-c1", "-m1", "-t1", "-D", str(seconds), "-d", str(bodies[(first + i) % len(bodies)]),
+         "-H", "content-type: application/grpc", "-H", "te: trailers", "--log-file", str(log),
+         f"http://127.0.0.1:{port}{GRPC_INFER_PATH}"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i, log in enumerate(logs)]
+    outputs = [process.communicate(timeout=seconds + 60)[0] for process in processes]
+    client_cpu = children_cpu_seconds() - client_before
+    counts = dict.fromkeys(H2LOAD_COUNTS, 0)
+    rps = 0.0
+    for output in outputs:
+        lines = output.splitlines()
+        summary = next((line for line in lines if line.startswith("requests: ")), None)
+        if summary is None:
+            raise RuntimeError(f"h2load failed:\n{output}")
+        for part, key in zip(summary.removeprefix("requests: ").split(", "), H2LOAD_COUNTS):
+            counts[key] += int(part.split()[0])
+        finished = next(line for line in lines if line.startswith("finished in "))
+        rps += float(finished.split(", ")[1].split()[0])  # done / duration
+    latencies, statuses = [], {}
+    for log in logs:
+        for row in log.read_text().splitlines():
+            fields = row.split("\t")
+            statuses[fields[1]] = statuses.get(fields[1], 0) + 1
+            latencies.append(int(fields[2]))
+        log.unlink()
+    ok = statuses.get("200", 0)
+    return {"requests": ok, "rps": rps, "seconds": seconds,
+            "p50_ms": float(np.percentile(latencies, 50)) / 1e3 if latencies else 0.0,
+            "p99_ms": float(np.percentile(latencies, 99)) / 1e3 if latencies else 0.0,
+            "errors": counts["failed"] + counts["errored"] + counts["timeout"],  # failed: not a 2xx
+            "h2load": counts, "client_cpu_us_per_request": client_cpu / max(ok, 1) * 1e6}
+
+
+def grpc_verified(load, count_calls, label: str):
+    """``load`` (an h2load run), with each call's gRPC status checked: ``count_calls()`` reads the server's own
+    count of (succeeded, failed) calls, before and after. None may have failed, and the server must have served
+    every call h2load got an answer to, and at most those it started: the calls in flight when its time ran out
+    may or may not have left it."""
+    def settled() -> tuple[int, int]:  # calls still finishing (or counted late) are in the count
+        counted = count_calls()
+        for _ in range(50):
+            time.sleep(0.1)
+            counted, previous = count_calls(), counted
+            if counted == previous:
+                break
+        return counted
+
+    def run(seconds: float) -> dict:
+        ok_before, failed_before = settled()
+        figures = load(seconds)
+        ok, failed = (after - before for after, before in zip(settled(), (ok_before, failed_before)))
+        figures["grpc_ok"], figures["grpc_failed"] = ok, failed
+        figures["errors"] += failed
+        done, started = figures["h2load"]["done"], figures["h2load"]["started"]
+        if failed or not done <= ok <= started:
+            print(f"{label}: h2load got {done} answers of {started} calls started, the server counted {ok} "
+                  f"succeeded and {failed} failed", flush=True)
+            figures["errors"] += max(done - ok, ok - started, 0)
+        return figures
+    return run
+
+
+def service_grpc_calls(port: int) -> tuple[int, int]:
+    """ModelInfer calls the service counted (succeeded, failed), from its /metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    ok = failed = 0
+    for family in text_string_to_metric_families(text):
+        if family.name == "classifier_http_requests":
+            for sample in family.samples:
+                labels = sample.labels
+                if (sample.name.endswith("_total") and labels.get("protocol") == "kserve_v2_grpc"
+                        and labels.get("endpoint") == "ModelInfer"):
+                    if labels["status"] == "OK":
+                        ok += int(sample.value)
+                    else:
+                        failed += int(sample.value)
+    return ok, failed
+
+
+def triton_grpc_calls(port: int, model: str = "classifier") -> tuple[int, int]:
+    """Inference requests Triton counted (succeeded, failed), from its statistics extension."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/models/{model}/stats", timeout=10) as response:
+        stats = orjson.loads(response.read())["model_stats"][0]["inference_stats"]
+    return int(stats["success"]["count"]), int(stats["fail"]["count"])
+
+
+def grpc_top1s(port: int, model: str, messages: list[bytes], images: list[bytes], shape: list[int]) -> list[int]:
+    """Top-1 of each call, twice: the very messages h2load sends, and tritonclient's own ModelInfer. Raises if
+    the two disagree."""
+    import grpc
+    import tritonclient.grpc as grpcclient
+
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        call = channel.unary_unary(GRPC_INFER_PATH)  # bytes in, bytes out
+        raw = [grpc_top1(call(message, timeout=30)) for message in messages]
+    client = grpcclient.InferenceServerClient(f"127.0.0.1:{port}")
+    ours = []
+    for image in images:
+        tensor = grpcclient.InferInput("image", shape, "BYTES")
+        tensor.set_data_from_numpy(np.array([image], dtype=np.object_).reshape(shape))
+        probabilities = client.infer(model, [tensor]).as_numpy("probabilities")
+        ours.append(int(probabilities.reshape(-1).argmax()))
+    client.close()
+    if raw != ours:
+        raise RuntimeError("the benchmark's gRPC messages and tritonclient's get different answers")
+    return raw
+
+
 def load_round(targets: dict, order: list[str], path_of, listing_of, seconds: float, connections: int,
-               runs: dict, label: str, round_number: int) -> None:
-    """Load each target in ``order`` for ``seconds``, back to back, and record its figures in ``runs``."""
+               runs: dict, label: str, round_number: int, loaders: dict | None = None) -> None:
+    """Load each target in ``order`` for ``seconds``, back to back, and record its figures in ``runs``: with wrk,
+    or with ``loaders[target](seconds)`` for a target there (the gRPC rows)."""
     for target in order:
         pid = targets[target].process.pid
         cpu_before = cpu_seconds(pid)
-        figures = wrk(targets[target].port, path_of(target), listing_of(target), seconds, connections)
+        if loaders and target in loaders:
+            figures = loaders[target](seconds)
+        else:
+            figures = wrk(targets[target].port, path_of(target), listing_of(target), seconds, connections)
         figures["server_cpu_us_per_request"] = (cpu_seconds(pid) - cpu_before) / max(figures["requests"], 1) * 1e6
         runs.setdefault((target, label), []).append(figures)
         print(f"round {round_number + 1} {target:>9} {label:>13}: {figures['rps']:8.0f} req/s  "
               f"p50 {figures['p50_ms']:.2f} ms  p99 {figures['p99_ms']:.2f} ms  "
               f"server CPU {figures['server_cpu_us_per_request']:.0f} us/request  "
+              f"client CPU {figures['client_cpu_us_per_request']:.0f} us/request  "
               f"errors {figures['errors']}", flush=True)
 
 
@@ -393,15 +574,17 @@ def medians(series: list[dict]) -> dict:
             "p50_ms": statistics.median(r["p50_ms"] for r in series),
             "p99_ms": statistics.median(r["p99_ms"] for r in series),
             "server_cpu_us_per_request": statistics.median(r["server_cpu_us_per_request"] for r in series),
+            "client_cpu_us_per_request": statistics.median(r.get("client_cpu_us_per_request", 0) for r in series),
             "errors": sum(r["errors"] for r in series)}
 
 
 def print_table(title: str, rows: dict[str, dict], extra: dict[str, dict] | None = None) -> None:
-    print(f"\n{title}\n{'target':>18} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'CPU us/req':>10} {'errors':>6}"
-          + ("  RSS MB" if extra else ""))
+    print(f"\n{title}\n{'target':>18} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'CPU us/req':>10} "
+          f"{'client CPU':>10} {'errors':>6}" + ("  RSS MB" if extra else ""))
     for target, row in rows.items():
         print(f"{target:>18} {row['rps']:8.0f} {row['p50_ms']:7.2f} {row['p99_ms']:7.2f} "
-              f"{row['server_cpu_us_per_request']:10.0f} {row['errors']:6d}"
+              f"{row['server_cpu_us_per_request']:10.0f} {row.get('client_cpu_us_per_request', 0):10.0f} "
+              f"{row['errors']:6d}"
               + (f"  {extra[target]['rss_mb']:6.0f}" if extra else ""))
 
 
@@ -495,10 +678,12 @@ def tf_serving_request(model: str, image: bytes) -> Request:
 
 
 def protocols_part(args, images, workdir: Path) -> dict:
-    """Part 2: the same images through each protocol of one service: /predict, KServe V2 binary, TF Serving."""
+    """Part 2: the same images through each protocol of one service: /predict, KServe V2 binary, TF Serving over
+    HTTP (wrk), and KServe V2 over gRPC (h2load: ``ModelInfer``, the PNG in a BYTES input)."""
     name = "fashion_mnist"
     blobs, kind, _ = images[name]
-    server = Server(None, args.workers, args.models_dir)
+    ensure_h2load()
+    server = Server(None, args.workers, args.models_dir, GRPC_PORT=str(free_port()))
     requests = {"native /predict": service_requests(blobs, kind, 1),
                 "KServe V2 binary": [v2_binary_request(f"/v2/models/{name}/infer", image) for image in blobs],
                 "TF Serving b64": [tf_serving_request(name, image) for image in blobs]}
@@ -506,24 +691,56 @@ def protocols_part(args, images, workdir: Path) -> dict:
                 for i, (label, batch) in enumerate(requests.items())}
     paths = {label: batch[0].path + (f"?model={name}" if label.startswith("native") else "")
              for label, batch in requests.items()}
-    targets = dict.fromkeys(requests, server)
+    grpc_label = "KServe V2 gRPC"
+    messages = [grpc_infer_message(name, image, [1]) for image in blobs]
+    bodies = write_grpc_bodies(workdir, "protocol-grpc", messages)
+    targets = dict.fromkeys([*requests, grpc_label], server)
+    rounds = iter(range(10**6))  # each run's connections start at the next images
+    loaders = {grpc_label: grpc_verified(
+        lambda seconds: h2load(server.grpc_port, bodies, seconds, args.connections,
+                               next(rounds) * args.connections),
+        lambda: service_grpc_calls(server.port), grpc_label)}
     runs: dict[tuple[str, str], list[dict]] = {}
     try:
+        http_top1 = [v2_binary_top1(*post(server.port, request)) for request in requests["KServe V2 binary"]]
+        agreement = sum(a == b for a, b in zip(grpc_top1s(server.grpc_port, name, messages, blobs, [1]),
+                                               http_top1)) / len(blobs)
+        print(f"{grpc_label}: same top-1 label as KServe V2 binary on {agreement:.1%} of {len(blobs)} images",
+              flush=True)
+        if agreement < 1:
+            raise RuntimeError("gRPC and HTTP answers differ; their figures would not compare")
         for label in targets:  # warm-up, not recorded
-            wrk(server.port, paths[label], listings[label], 2, args.connections)
+            if label in loaders:
+                loaders[label](2)
+            else:
+                wrk(server.port, paths[label], listings[label], 2, args.connections)
         for round_number in range(args.rounds):
             order = list(targets) if round_number % 2 == 0 else list(reversed(targets))
             load_round(targets, order, paths.__getitem__, listings.__getitem__, args.seconds, args.connections,
-                       runs, name, round_number)
+                       runs, name, round_number, loaders)
     finally:
         server.stop()
     rows = {label: medians(runs[(label, name)]) for label in targets}
-    print_table(f"protocols, {name} PNGs, one service, medians of {args.rounds} rounds of {args.seconds} s", rows)
-    summary = {"rows": rows}
+    print_table(f"protocols, {name} PNGs, one service, medians of {args.rounds} rounds of {args.seconds} s "
+                f"({args.connections} connections; gRPC: h2load, one call in flight per connection)", rows)
+    summary = {"rows": rows, "grpc_label_agreement": agreement}
     for label in list(targets)[1:]:
         summary[f"{label} / native"] = paired_ratio(runs, name, label, "rps", baseline="native /predict")
         print(f"{label} / native /predict req/s: {format_ratio(summary[f'{label} / native'])}")
+    for figure in ("rps", "p99_ms", "server_cpu_us_per_request"):
+        key = f"{grpc_label} / KServe V2 binary" + ("" if figure == "rps" else f" {figure}")
+        summary[key] = paired_ratio(runs, name, grpc_label, figure, baseline="KServe V2 binary")
+    print(f"{grpc_label} / KServe V2 binary (HTTP): req/s {format_ratio(summary[f'{grpc_label} / KServe V2 binary'])}"
+          f"  p99 {format_ratio(summary[f'{grpc_label} / KServe V2 binary p99_ms'])}  CPU per request "
+          f"{format_ratio(summary[f'{grpc_label} / KServe V2 binary server_cpu_us_per_request'])}")
     return summary
+
+
+def post(port: int, request: Request) -> tuple[bytes, dict]:
+    http = urllib.request.Request(f"http://127.0.0.1:{port}{request.path}", data=request.body,
+                                  headers=request.headers)
+    with urllib.request.urlopen(http, timeout=30) as response:
+        return response.read(), response.headers
 
 
 def peers_part(args, images, workdir: Path) -> dict:
@@ -533,6 +750,7 @@ def peers_part(args, images, workdir: Path) -> dict:
     check_images = images["check"]
     for peer in PEERS:
         peer.ensure_venv()
+    ensure_h2load()
     model_file = served_model_file(args.models_dir, name)
     targets: dict[str, object] = {"service": Server(None, args.workers, args.models_dir),
                                   "bare": Server("bench.bare_app:create_app()", args.workers, args.models_dir)}
@@ -540,11 +758,13 @@ def peers_part(args, images, workdir: Path) -> dict:
                 "bare": write_requests(workdir, "peer-bare", service_requests(blobs, kind, 1))}
     paths = {"service": f"/predict?model={name}", "bare": "/predict"}
     agreement = {}
+    loaders = {}
     try:
         expected = [max(range(10), key=r["probabilities"].__getitem__) for r in _service_predictions(
             targets["service"].port, check_images)]
         for peer in PEERS:
-            server = PeerServer(peer, free_port(), model_file, "L", workdir / peer.key)
+            grpc_port = free_port() if peer.key == "triton" else 0
+            server = PeerServer(peer, free_port(), model_file, "L", workdir / peer.key, grpc_port)
             targets[peer.key] = server
             got = [peer.top1(*server.post(peer.request(image, kind))) for image in check_images]
             agreement[peer.key] = sum(a == b for a, b in zip(got, expected)) / len(expected)
@@ -555,16 +775,37 @@ def peers_part(args, images, workdir: Path) -> dict:
             requests = [peer.request(image, kind) for image in blobs]
             listings[peer.key] = write_requests(workdir, f"peer-{peer.key}", requests)
             paths[peer.key] = requests[0].path
+            if grpc_port:  # Triton's gRPC side: a row of its own, the same server
+                label = "Triton gRPC"
+                wait_grpc_ready(grpc_port, time.monotonic())
+                messages = [grpc_infer_message("classifier", image, [1, 1]) for image in check_images]
+                got = grpc_top1s(grpc_port, "classifier", messages, check_images, [1, 1])
+                agreement[label] = sum(a == b for a, b in zip(got, expected)) / len(expected)
+                print(f"{label}: same top-1 label as the service on {agreement[label]:.1%} of {len(expected)} "
+                      f"images", flush=True)
+                if agreement[label] < 1:
+                    raise RuntimeError(f"{label} disagrees with the service; its figures would not compare")
+                bodies = write_grpc_bodies(workdir, "peer-triton-grpc",
+                                           [grpc_infer_message("classifier", image, [1, 1]) for image in blobs])
+                rounds = iter(range(10**6))
+                loaders[label] = grpc_verified(
+                    lambda seconds, port=grpc_port, bodies=bodies, rounds=rounds: h2load(
+                        port, bodies, seconds, args.connections, next(rounds) * args.connections),
+                    lambda port=server.port: triton_grpc_calls(port), label)
+                targets[label] = server
         for target in targets:  # warm-up, not recorded
-            wrk(targets[target].port, paths[target], listings[target], 2, args.connections)
+            if target in loaders:
+                loaders[target](2)
+            else:
+                wrk(targets[target].port, paths[target], listings[target], 2, args.connections)
         runs: dict[tuple[str, str], list[dict]] = {}
         for round_number in range(args.peer_rounds):
             order = list(targets) if round_number % 2 == 0 else list(reversed(targets))
             load_round(targets, order, paths.__getitem__, listings.__getitem__, args.peer_seconds,
-                       args.connections, runs, name, round_number)
+                       args.connections, runs, name, round_number, loaders)
         memory = {target: rss_mb(server.process.pid) for target, server in targets.items()}
     finally:
-        for server in targets.values():
+        for server in {id(server): server for server in targets.values()}.values():  # Triton's rows share one
             server.stop()
 
     rows = {target: medians(runs[(target, name)]) | {"rss_mb": memory[target]} for target in targets}

@@ -132,16 +132,24 @@ def serve(settings: Settings) -> int:
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(state, call), server)
     checks = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(checks, server)
-    server.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
-    server.start()
     serving = None
-    while not stopping.wait(0.25):  # health follows readiness: models loaded
+
+    def follow_readiness() -> None:
+        """Health says what ``ServerReady`` says: models loaded, no drain. Set before the port opens, so no
+        check sees the servicer's default (SERVING for "") or NOT_FOUND."""
+        nonlocal serving
         ready = state.ready()
         if ready != serving:
             status = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
             for service in ("", SERVICE_NAME):
                 checks.set(service, status)
             serving = ready
+
+    follow_readiness()
+    server.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
+    server.start()
+    while not stopping.wait(0.25):
+        follow_readiness()
     state.draining.set()
     for service in ("", SERVICE_NAME):
         checks.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)

@@ -166,7 +166,7 @@ def podman(*args, check=True, timeout=600):
 
 def replica_manifest(deployment: dict, name: str, claim: str, port: int) -> dict:
     """The rendered Deployment as one podman replica, changed only where podman 4.3 differs from Kubernetes:
-    - a port on 127.0.0.1 stands in for the Service;
+    - ports on 127.0.0.1 stand in for the Service (podman publishes each declared port on the host);
     - restartPolicy OnFailure, since podman applies the pod's policy to init containers too and would run
       the seed again and again;
     - emptyDirs named per replica, since podman 4.3 plays an emptyDir as a named volume that pods would share."""
@@ -183,7 +183,10 @@ def replica_manifest(deployment: dict, name: str, claim: str, port: int) -> dict
     for container in pod["containers"] + pod.get("initContainers", []):
         for mount in container.get("volumeMounts", []):
             mount["name"] = renames.get(mount["name"], mount["name"])
-    pod["containers"][0]["ports"][0].update(hostPort=port, hostIP="127.0.0.1")
+    http, *others = pod["containers"][0]["ports"]
+    http.update(hostPort=port, hostIP="127.0.0.1")
+    for other in others:  # podman publishes every declared port: each replica gets free ones of its own
+        other.update(hostPort=free_port(), hostIP="127.0.0.1")
     return manifest
 
 

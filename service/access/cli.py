@@ -10,6 +10,7 @@ import sys
 import time
 
 from contract.config import SettingError
+from contract.layout import published_models
 from service.access.gate import key_source
 from service.access.keys import new_key
 from service.settings import Settings
@@ -49,6 +50,9 @@ def main(argv: list[str]) -> int:
             source.add(made.record)
         except ValueError as error:
             parser.error(str(error))
+        unpublished = sorted(set(models or ()) - set(published_models(settings.models_dir)))
+        if unpublished:  # allowed (a model may be published later), but more often a typo
+            print(f"note: {', '.join(unpublished)} not published in {settings.models_dir} (yet)", file=sys.stderr)
         print(f"added {made.record.name!r} ({made.record.id}); the key is shown this once:", file=sys.stderr)
         print(made.key)
     elif args.command == "list":

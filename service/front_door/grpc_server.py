@@ -57,7 +57,7 @@ def port_in_use(host: str, port: int) -> bool:
     return False
 
 
-def start(settings: Settings) -> subprocess.Popen:
+def start() -> subprocess.Popen:
     """The supervisor, started by gunicorn's master."""
     return subprocess.Popen([sys.executable, "-m", "service.front_door.grpc_server"], preexec_fn=die_with_parent)
 

@@ -88,7 +88,7 @@ def when_ready(server):
         return
     from service.front_door import grpc_server
 
-    _grpc = grpc_server.start(settings)
+    _grpc = grpc_server.start()
     for name, signum in (("handle_term", signal.SIGTERM), ("handle_int", signal.SIGINT),
                          ("handle_quit", signal.SIGQUIT)):
         setattr(server, name, _passing_to_grpc(signum, getattr(server, name)))

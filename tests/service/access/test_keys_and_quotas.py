@@ -161,19 +161,24 @@ def _cli(env, *args, check=True):
 
 
 def test_the_cli_adds_lists_and_revokes_without_ever_showing_a_key_twice(tmp_path):
-    env = {**os.environ, "API_KEYS_FILE": str(tmp_path / "keys.json"), "API_KEYS_SECRET": SECRET}
-    key = _cli(env, "add", "ci", "--models", "fashion_mnist,mnist", "--requests-per-second", "5",
-               "--images-per-minute", "600").stdout.strip()
+    env = {**os.environ, "API_KEYS_FILE": str(tmp_path / "keys.json"), "API_KEYS_SECRET": SECRET,
+           "MODELS_DIR": str(ROOT / "models")}
+    added = _cli(env, "add", "ci", "--models", "fashion_mnist,mnist", "--requests-per-second", "5",
+                 "--images-per-minute", "600")
+    key = added.stdout.strip()
+    assert "not published" not in added.stderr
+    typo = _cli(env, "add", "typo", "--models", "fashion_mnsit")
+    assert "fashion_mnsit not published" in typo.stderr and key_id(typo.stdout.strip())
     assert key_id(key)
     stored = read_key_file(tmp_path / "keys.json")
-    assert [k.name for k in stored] == ["ci"] and matches(stored[0], key, SECRET)
+    assert [k.name for k in stored] == ["ci", "typo"] and matches(stored[0], key, SECRET)
     assert oct((tmp_path / "keys.json").stat().st_mode)[-3:] == "600"
     assert _cli(env, "add", "ci", check=False).returncode != 0  # a live name is not reused
     listing = _cli(env, "list").stdout
     assert "ci" in listing and "fashion_mnist,mnist" in listing and key not in listing
     assert stored[0].digest not in _cli(env, "list", "--json").stdout
     assert _cli(env, "revoke", "ci").returncode == 0
-    assert read_key_file(tmp_path / "keys.json")[0].revoked_at is not None
+    assert [k.revoked_at is not None for k in read_key_file(tmp_path / "keys.json")] == [True, False]
     assert _cli(env, "revoke", "ci", check=False).returncode == 1
     assert _cli({**env, "API_KEYS_SECRET": ""}, "list", check=False).returncode == 2  # settings as the server's
 

@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 CURRENT_POINTER = "current"
+CANDIDATE_POINTER = "candidate"  # a version on trial beside the current one: shadowed, not yet served
 HISTORY_FILE = "history.jsonl"
 METADATA_FILE = "metadata.json"
 STAGING_PREFIX = ".staging-"
@@ -59,8 +60,17 @@ def list_versions(models_dir: Path, name: str) -> list[int]:
 
 def current_version(models_dir: Path, name: str) -> int | None:
     """The version ``current`` names, or None (no pointer, or not a number)."""
+    return _pointed(models_dir, name, CURRENT_POINTER)
+
+
+def candidate_version(models_dir: Path, name: str) -> int | None:
+    """The version ``candidate`` names (on trial beside the current one), or None."""
+    return _pointed(models_dir, name, CANDIDATE_POINTER)
+
+
+def _pointed(models_dir: Path, name: str, pointer: str) -> int | None:
     try:
-        text = (model_dir(models_dir, name) / CURRENT_POINTER).read_text().strip()
+        text = (model_dir(models_dir, name) / pointer).read_text().strip()
     except (FileNotFoundError, NotADirectoryError):
         return None
     return int(text) if text.isascii() and text.isdigit() else None
@@ -139,6 +149,16 @@ def write_text_atomically(path: Path, text: str) -> None:
 def point_current(models_dir: Path, name: str, version: int) -> None:
     """Make ``version`` (complete, already in place) the one served: the pointer is replaced in one rename."""
     write_text_atomically(model_dir(models_dir, name) / CURRENT_POINTER, f"{version}\n")
+
+
+def point_candidate(models_dir: Path, name: str, version: int | None) -> None:
+    """Put ``version`` (complete, already in place) on trial beside the current one, or end the trial (None)."""
+    pointer = model_dir(models_dir, name) / CANDIDATE_POINTER
+    if version is None:
+        pointer.unlink(missing_ok=True)
+        fsync_dir(pointer.parent)
+    else:
+        write_text_atomically(pointer, f"{version}\n")
 
 
 def stage_version(models_dir: Path, name: str) -> Path:

@@ -7,6 +7,7 @@ the feedback store when feedback is on, then each protocol's routes, the operati
 from __future__ import annotations
 
 import logging
+import random
 import time
 from collections.abc import Callable
 
@@ -87,8 +88,20 @@ def build_state(settings: Settings, watch: bool, api_key: Callable[[], ApiKey] =
     # A request's images are charged to its key once their number is known, before the first is decoded.
     charge = (lambda model, count: access.charge_images(api_key(), count)) if access else None
     inference = Inference(DecodeLimits.from_settings(settings), monitor,
-                          keep_inputs=retention.keep if retention else None, charge_images=charge)
+                          keep_inputs=retention.keep if retention else None, charge_images=charge,
+                          shadow_of=shadowing(registry, settings.shadow_fraction))
     return AppState(settings, registry, monitor, inference, store, access)
+
+
+def shadowing(registry: ModelRegistry, fraction: float):
+    """Which requests a model's candidate also answers (in the shadow): that share of them, at random."""
+    if fraction <= 0:
+        return None
+
+    def shadow_of(model):
+        candidate = registry.candidate(model.name)
+        return candidate if candidate is not None and (fraction >= 1 or random.random() < fraction) else None
+    return shadow_of
 
 
 class OrjsonProvider(JSONProvider):

@@ -99,6 +99,9 @@ class Settings(Locations):
                                               "`classifier_low_confidence_predictions_total`", above=0, maximum=1)
     drift_window_images: int = setting("DRIFT_WINDOW_IMAGES", 1000, "drift is measured over the last this-many "
                                        "images of a model, all workers together", minimum=10)
+    shadow_fraction: float = setting("SHADOW_FRACTION", 1.0, "share of requests also run through a model's "
+                                     "candidate version while one is on trial (its answer recorded, never sent); "
+                                     "0 turns shadowing off", minimum=0, maximum=1)
     # API keys (service/access, docs/operations.md#api-keys): off unless a place for keys is set.
     api_keys_file: Path | None = setting("API_KEYS_FILE", None, "a keys file made by `python -m service keys add`; "
                                          "set, every inference and model endpoint needs a key",

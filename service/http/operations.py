@@ -75,6 +75,18 @@ def describe_model(model: LoadedModel, detail: bool) -> dict:
     return body
 
 
+def describe_candidate(candidate: LoadedModel | None, shadow_fraction: float) -> dict | None:
+    """The version on trial, if any: its offline test figures beside its live ones (shadowed on the same inputs
+    as the served version, all workers together)."""
+    if candidate is None:
+        return None
+    served = candidate.metadata.runtimes[candidate.runtime.kind].test_accuracy
+    return {"version": candidate.version, "runtime": candidate.runtime.kind,
+            "test_accuracy": candidate.metadata.test_accuracy if served is None else served,
+            "shadow_fraction": shadow_fraction,
+            "shadow": metrics.shadow_figures(candidate.name, candidate.version)}
+
+
 def blueprint(state: AppState) -> Blueprint:
     routes = Blueprint("operations", __name__)
     registry = state.registry
@@ -96,6 +108,9 @@ def blueprint(state: AppState) -> Blueprint:
         body["available_versions"] = list_versions(registry.models_dir, name)
         if name in registry.errors:
             body["last_refused"] = registry.errors[name]
+        body["candidate"] = describe_candidate(registry.candidate(model.name), state.settings.shadow_fraction)
+        if f"{name} candidate" in registry.errors:
+            body["candidate_refused"] = registry.errors[f"{name} candidate"]
         return jsonify(body)
 
     @routes.get("/models/<name>/files/<filename>")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from contract.layout import current_version, published_models, sha256_file, version_dir
+from contract.layout import candidate_version, current_version, published_models, sha256_file, version_dir
 from contract.metadata import InputSpec, MetadataError, VersionMetadata, read_metadata
 from contract.ood import verification_distance_key
 from service.observability import metrics
@@ -115,6 +115,10 @@ class ModelRegistry:
         self.runtime_kind = runtime_kind
         self.threads = threads
         self._models: dict[str, LoadedModel] = {}
+        # Versions on trial (the ``candidate`` pointer): loaded and verified like the current ones, shadowed on
+        # live traffic, never answering. Refused the same way, and kept apart from the current versions' state.
+        self._candidates: dict[str, LoadedModel] = {}
+        self._refused_candidates: dict[str, int] = {}
         self._refused: dict[str, int] = {}  # the last refused version per model, so it is not retried every poll
         self._refresh_lock = threading.Lock()
         self.initial_load_done = threading.Event()
@@ -143,6 +147,10 @@ class ModelRegistry:
 
     def snapshot(self) -> dict[str, LoadedModel]:
         return dict(self._models)
+
+    def candidate(self, name: str) -> LoadedModel | None:
+        """The version on trial beside ``name``'s current one, if one is loaded."""
+        return self._candidates.get(name)
 
     def published_names(self) -> list[str]:
         return published_models(self.models_dir)
@@ -180,8 +188,37 @@ class ModelRegistry:
                     metrics.REFERENCE_TOP1.labels(name).set(reference["top1_probability_mean"])
                 log.info("serving %s v%s (was %s)", name, version, f"v{active.version}" if active else "none")
                 changes.append(f"{name} v{version} loaded")
+            for name in self.published_names():
+                changes += self._refresh_candidate(name)
         self.initial_load_done.set()
         return changes
+
+    def _refresh_candidate(self, name: str) -> list[str]:
+        held, served = self._candidates.get(name), self._models.get(name)
+        wanted = candidate_version(self.models_dir, name)
+        if wanted is None or served is None or wanted == served.version:  # no trial, or it was promoted
+            if held:
+                self._candidates = {k: v for k, v in self._candidates.items() if k != name}
+                log.info("candidate %s v%s is no longer on trial", name, held.version)
+                return [f"{name} candidate v{held.version} ended"]
+            return []
+        if (held and held.version == wanted) or self._refused_candidates.get(name) == wanted:
+            return []
+        try:
+            loaded = load_version(self.models_dir, name, wanted, self.runtime_kind, self.threads)
+            if loaded.input_spec != served.input_spec or loaded.classes != served.classes:
+                raise VersionRefused(f"it takes other inputs or names other classes than v{served.version}")
+        except VersionRefused as exc:
+            self._refused_candidates[name] = wanted
+            self.errors[f"{name} candidate"] = str(exc)
+            metrics.MODEL_RELOADS.labels(name, "refused").inc()
+            log.error("refused candidate %s v%s: %s", name, wanted, exc)
+            return [f"{name} candidate v{wanted} refused"]
+        self._candidates = {**self._candidates, name: loaded}
+        self._refused_candidates.pop(name, None)
+        self.errors.pop(f"{name} candidate", None)
+        log.info("candidate %s v%s on trial beside v%s", name, wanted, served.version)
+        return [f"{name} candidate v{wanted} loaded"]
 
     def start(self, interval_seconds: float) -> threading.Thread:
         """Keep watching the pointers, in a daemon thread: the first look is after ``interval_seconds``."""

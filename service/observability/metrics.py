@@ -81,6 +81,21 @@ CLIENT_TIMEOUTS = Counter(f"{PREFIX}_client_timeouts_total",
                           "Requests cut off with a 408 because the client was too slow, by phase (header, body)",
                           ["phase"])
 
+# Shadowing (a candidate version run on the same inputs as the served one, its answer never sent): labelled with
+# the candidate's version, a published one, so bounded; the labels pair is bounded by the model's classes.
+SHADOW_IMAGES = Counter(f"{PREFIX}_shadow_images_total", "Images also run through the model's candidate version",
+                        ["model", "candidate"])
+SHADOW_AGREEMENTS = Counter(f"{PREFIX}_shadow_agreements_total",
+                            "Shadowed images whose top-1 label the candidate shares with the served version",
+                            ["model", "candidate"])
+SHADOW_TOP1 = Counter(f"{PREFIX}_shadow_top1_probability_total",
+                      "Sum of shadowed images' top-1 probabilities, by role (served, candidate): over "
+                      "classifier_shadow_images_total, each version's mean confidence on the same inputs",
+                      ["model", "candidate", "role"])
+SHADOW_LABELS = Counter(f"{PREFIX}_shadow_labels_total",
+                        "Shadowed images by the served version's top-1 label and the candidate's",
+                        ["model", "candidate", "served_label", "candidate_label"])
+
 # API keys (service/access): the key's configured name is the label, never anything a client sends; refusals
 # before a key is known (none sent, or one that matches nothing) have the empty name.
 API_KEY_REQUESTS = Counter(f"{PREFIX}_api_key_requests_total", "Requests admitted, by API key", ["key"])
@@ -223,3 +238,40 @@ def render_metrics(extra: Iterable[Metric] = ()) -> tuple[bytes, str]:
     state = CollectorRegistry()
     state.register(_ReadFamilies(extra))
     return generate_latest(registry) + generate_latest(state), CONTENT_TYPE_LATEST
+
+
+def record_shadow(model, candidate, served, shadowed, predicted: list[int]) -> None:
+    """One batch run through both versions: counts, agreements, confidence sums and label pairs."""
+    name, version = model.name, str(candidate.version)
+    trial = shadowed.argmax(axis=1).tolist()
+    series(SHADOW_IMAGES, name, version).inc(len(trial))
+    series(SHADOW_AGREEMENTS, name, version).inc(sum(a == b for a, b in zip(predicted, trial)))
+    series(SHADOW_TOP1, name, version, "served").inc(float(served.max(axis=1).sum()))
+    series(SHADOW_TOP1, name, version, "candidate").inc(float(shadowed.max(axis=1).sum()))
+    for a, b in zip(predicted, trial):
+        series(SHADOW_LABELS, name, version, model.classes[a], candidate.classes[b]).inc()
+
+
+def shadow_figures(model: str, candidate: int) -> dict:
+    """The candidate's live figures, all workers together: images shadowed, top-1 agreement, each version's mean
+    top-1 probability on them."""
+    registry = REGISTRY
+    folder = multiprocess_dir()
+    if folder is not None:
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=str(folder))
+    totals = {"images": 0.0, "agreements": 0.0, "served": 0.0, "candidate": 0.0}
+    wanted = {f"{PREFIX}_shadow_images_total": "images", f"{PREFIX}_shadow_agreements_total": "agreements"}
+    for family in registry.collect():
+        for sample in family.samples:
+            labels = sample.labels
+            if labels.get("model") != model or labels.get("candidate") != str(candidate):
+                continue
+            if sample.name in wanted:
+                totals[wanted[sample.name]] += sample.value
+            elif sample.name == f"{PREFIX}_shadow_top1_probability_total":
+                totals[labels["role"]] += sample.value
+    images = totals["images"]
+    return {"images": int(images),
+            "agreement": totals["agreements"] / images if images else None,
+            "mean_top1": {role: totals[role] / images if images else None for role in ("served", "candidate")}}

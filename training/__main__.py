@@ -1,4 +1,4 @@
-"""Command line: ``python -m training train|evaluate|versions|retrain|rollback|schedule ...``."""
+"""Command line: ``python -m training train|evaluate|versions|retrain|trial|rollback|schedule ...``."""
 
 from __future__ import annotations
 
@@ -48,6 +48,17 @@ def build_parser(settings: TrainingSettings) -> argparse.ArgumentParser:
     retrain.add_argument("--data-dir", **data_dir)
     _add_run_options(retrain, epochs=settings.retrain_epochs, seed_help="default: a new seed each run")
     _add_promotion_options(retrain, settings)
+    retrain.add_argument("--stage", choices=("current", "candidate"), default=settings.retrain_stage,
+                         help="current: promote a passing candidate; candidate: put it on trial beside the current "
+                              "version, shadowed by the service, until `trial promote|reject` (default: "
+                              "RETRAIN_STAGE)")
+
+    trial = commands.add_parser("trial", help="end the trial of the version on trial: promote it or reject it")
+    trial.add_argument("dataset", choices=sorted(SPECS))
+    trial.add_argument("verdict", choices=("promote", "reject"))
+    trial.add_argument("--url", help="the service (e.g. http://127.0.0.1:8000): its live figures of the version "
+                                     "on trial go to the history with the decision")
+    trial.add_argument("--api-key", help="the API key to read them with, if the service needs one")
 
     rollback = commands.add_parser("rollback", help="point 'current' back at an older version")
     rollback.add_argument("dataset", choices=sorted(SPECS))
@@ -122,7 +133,16 @@ def retrain(args, settings: TrainingSettings) -> int:
         args.feedback_dir, args.database_url, args.feedback_weight, args.feedback_cap)
     retrain_recording_failures(args.dataset, args.models_dir, args.data_dir, tolerance=args.tolerance,
                                keep_versions=args.keep, feedback=feedback, epochs=args.epochs,
-                               seed=args.seed, train_limit=args.train_limit, test_limit=args.test_limit)
+                               seed=args.seed, train_limit=args.train_limit, test_limit=args.test_limit,
+                               stage=args.stage)
+    return 0
+
+
+def trial(args, settings: TrainingSettings) -> int:
+    from training.retrain import end_trial, live_evidence
+
+    evidence = live_evidence(args.url, args.dataset, args.api_key) if args.url else None
+    end_trial(args.dataset, args.models_dir, args.verdict, evidence)
     return 0
 
 
@@ -152,7 +172,7 @@ def schedule(args, settings: TrainingSettings) -> int:
     return schedule_main(settings, once=args.once)
 
 
-COMMANDS = {"train": train, "evaluate": evaluate, "versions": versions, "retrain": retrain,
+COMMANDS = {"train": train, "evaluate": evaluate, "versions": versions, "retrain": retrain, "trial": trial,
             "reference": reference, "rollback": rollback, "schedule": schedule}
 
 

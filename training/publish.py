@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from contract.layout import (
+    candidate_version,
     METADATA_FILE,
     STAGING_PREFIX,
     current_version,
@@ -86,13 +87,13 @@ def set_current(models_dir: Path, name: str, version: int) -> None:
 
 
 def prune_versions(models_dir: Path, name: str, keep: int) -> list[int]:
-    """Delete all but the newest ``keep`` versions; the current version is never deleted."""
+    """Delete all but the newest ``keep`` versions; the current version and the candidate are never deleted."""
     if keep < 1:
         raise PublishError("keep must be at least 1")
     with model_lock(models_dir, name):
         versions = list_versions(models_dir, name)
-        current = current_version(models_dir, name)
-        doomed = [v for v in versions[:-keep] if v != current]
+        kept = {current_version(models_dir, name), candidate_version(models_dir, name)}
+        doomed = [v for v in versions[:-keep] if v not in kept]
         for version in doomed:
             # Rename first so a reader never sees a half-deleted version folder.
             trash = model_dir(models_dir, name) / f"{STAGING_PREFIX}deleted-{version}"

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from contract.layout import append_history, current_version, list_versions
+from contract.layout import append_history, candidate_version, current_version, list_versions, point_candidate
 from training.datasets import load_dataset
 from training.feedback import PRODUCTION_FRACTION, FeedbackData, load_feedback
 from training.pipeline import evaluate_version, make_config, publish_result, version_accuracy
@@ -82,10 +82,13 @@ def retrain(
     keep_versions: int = DEFAULTS.keep_versions,
     report: Callable[[str], None] = print,
     feedback: FeedbackOptions | None = FeedbackOptions(),
+    stage: str = "current",
     **overrides,
 ) -> RetrainOutcome:
     """Train a candidate, compare it with the current version on the same test images (and production set),
-    publish, maybe promote. ``feedback=None`` ignores stored feedback."""
+    publish, maybe promote. ``feedback=None`` ignores stored feedback. ``stage="candidate"`` puts a passing
+    candidate on trial beside the current version instead of promoting it (the service shadows it; ``end_trial``
+    promotes or rejects it)."""
     dataset = load_dataset(name, data_dir)
     production_data = stored_feedback(name, dataset, models_dir, feedback)
     if overrides.get("seed") is None:
@@ -105,13 +108,16 @@ def retrain(
         result.test_metrics["accuracy"], champion_accuracy, tolerance,
         (production["candidate"], production["champion"]) if production and production["champion"] is not None
         else None)
-    published, metadata = publish_result(dataset, result, models_dir, promote=decision.promote)
+    on_trial = decision.promote and stage == "candidate"
+    published, metadata = publish_result(dataset, result, models_dir, promote=decision.promote and not on_trial)
+    if on_trial:
+        point_candidate(models_dir, name, published.version)
     candidate_accuracy = metadata["metrics"]["test"]["accuracy"]
     append_history(models_dir, name, {
         "event": "retrain",
-        "outcome": "promoted" if decision.promote else "kept",
+        "outcome": "candidate" if on_trial else "promoted" if decision.promote else "kept",
         "version": published.version,
-        "promoted": decision.promote,
+        "promoted": decision.promote and not on_trial,
         "reason": decision.reason,
         "tolerance": tolerance,
         "candidate": {"version": published.version, "accuracy": candidate_accuracy,
@@ -120,9 +126,11 @@ def retrain(
         **({"production": production} if production else {}),
     })
     pruned = prune_versions(models_dir, name, keep_versions)
-    report(f"{name} v{published.version}: {'PROMOTED' if decision.promote else 'kept as challenger'} "
+    verdict = "ON TRIAL beside the current version" if on_trial else \
+        "PROMOTED" if decision.promote else "kept as challenger"
+    report(f"{name} v{published.version}: {verdict} "
            f"({decision.reason}){'; pruned v' + ', v'.join(map(str, pruned)) if pruned else ''}")
-    return RetrainOutcome(published.version, decision.promote, decision.reason, candidate_accuracy,
+    return RetrainOutcome(published.version, decision.promote and not on_trial, decision.reason, candidate_accuracy,
                           champion_version, champion_accuracy, pruned, production)
 
 
@@ -175,3 +183,38 @@ def rollback(name: str, models_dir: Path, version: int | None = None,
                                       "reason": f"rolled back from v{current} by hand", "previous": current})
     report(f"{name}: current is now v{version} (was v{current})")
     return version
+
+
+def end_trial(name: str, models_dir: Path, verdict: str, evidence: dict | None = None,
+              report: Callable[[str], None] = print) -> int:
+    """Promote the version on trial (``verdict="promote"``: it becomes current) or reject it; either way the
+    trial ends and the decision goes to the history, with the live ``evidence`` (the service's figures) if given."""
+    version = candidate_version(models_dir, name)
+    if version is None:
+        raise PublishError(f"{name} has no version on trial (no candidate pointer)")
+    current = current_version(models_dir, name)
+    if verdict == "promote":
+        set_current(models_dir, name, version)
+    point_candidate(models_dir, name, None)
+    append_history(models_dir, name, {
+        "event": "trial", "outcome": "promoted" if verdict == "promote" else "rejected", "version": version,
+        "promoted": verdict == "promote", "previous": current,
+        "reason": f"{'promoted' if verdict == 'promote' else 'rejected'} after its trial beside v{current}",
+        **({"evidence": evidence} if evidence else {})})
+    report(f"{name} v{version}: {'promoted, current is now v' + str(version) if verdict == 'promote' else 'rejected'}"
+           f" (v{current} {'was' if verdict == 'promote' else 'stays'} current)")
+    return version
+
+
+def live_evidence(url: str, name: str, api_key: str | None = None) -> dict:
+    """The service's live figures of ``name``'s version on trial (``GET /models/<name>`` → ``candidate``)."""
+    import json
+    import urllib.request
+
+    request = urllib.request.Request(f"{url.rstrip('/')}/models/{name}",
+                                     headers={"X-API-Key": api_key} if api_key else {})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        candidate = json.load(response).get("candidate")
+    if candidate is None:
+        raise PublishError(f"the service at {url} has no version of {name} on trial")
+    return {"url": url, **candidate}

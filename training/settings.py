@@ -34,6 +34,10 @@ class TrainingSettings(Locations):
     retrain_interval_seconds: float = setting("RETRAIN_INTERVAL", 86400.0, "time between scheduled rounds: "
                                               "`90s`, `15m`, `6h`, `1d`", parse=parse_interval, shown="`24h`")
     retrain_cron: str = setting("RETRAIN_CRON", "", "a cron expression (`0 3 * * *`); wins over the interval")
+    retrain_stage: str = setting("RETRAIN_STAGE", "current", "`current`: a passing candidate is promoted; "
+                                 "`candidate`: it is put on trial beside the current version, shadowed by the "
+                                 "service, until `python -m training trial <dataset> promote|reject`",
+                                 choices=("current", "candidate"))
     retrain_at_start: bool = setting("RETRAIN_AT_START", False, "also run a round when the schedule starts")
     retrain_epochs: int | None = setting("RETRAIN_EPOCHS", None, "override the recipe's epochs (quick demos)",
                                          minimum=1, shown="the recipe's")

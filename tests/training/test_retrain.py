@@ -187,7 +187,38 @@ def test_the_command_line_takes_its_defaults_from_the_settings(monkeypatch):
     from training.__main__ import build_parser
 
     settings = TrainingSettings.from_env({"RETRAIN_TOLERANCE": "0.01", "KEEP_VERSIONS": "3", "FEEDBACK_CAP": "7",
-                                          "MODELS_DIR": "/srv/models"})
+                                          "MODELS_DIR": "/srv/models", "RETRAIN_STAGE": "candidate"})
     args = build_parser(settings).parse_args(["retrain", "cifar10"])
     assert (args.tolerance, args.keep, args.feedback_cap, str(args.models_dir)) == (0.01, 3, 7, "/srv/models")
+    assert args.stage == "candidate"  # what the schedule's retrains inherit
     assert str(args.feedback_dir) == "/srv/models/.feedback"
+
+
+def test_a_candidate_goes_on_trial_and_the_trial_ends_in_promotion_or_rejection(fashion, fashion_dir, tmp_path):
+    from contract.layout import candidate_version
+    from training.publish import PublishError, prune_versions
+    from training.retrain import end_trial
+
+    models_dir = tmp_path / "models"
+    train_and_publish(fashion, make_config("fashion_mnist", **WEAK), models_dir, report=lambda line: None)
+    quiet = dict(tolerance=1.0, report=lambda line: None, **WEAK)
+
+    on_trial = retrain("fashion_mnist", models_dir, fashion_dir.parent, stage="candidate", **quiet)
+    assert not on_trial.promoted and on_trial.version == 2
+    assert current_version(models_dir, "fashion_mnist") == 1 and candidate_version(models_dir, "fashion_mnist") == 2
+    assert read_history(models_dir, "fashion_mnist")[-1]["outcome"] == "candidate"
+    retrain("fashion_mnist", models_dir, fashion_dir.parent, **quiet)  # v3 promoted the usual way
+    retrain("fashion_mnist", models_dir, fashion_dir.parent, **quiet)  # v4
+    assert prune_versions(models_dir, "fashion_mnist", 1) == [1, 3]  # the candidate (2) and current (4) stay
+
+    assert end_trial("fashion_mnist", models_dir, "reject", {"images": 10}, report=lambda line: None) == 2
+    assert current_version(models_dir, "fashion_mnist") == 4 and candidate_version(models_dir, "fashion_mnist") is None
+    record = read_history(models_dir, "fashion_mnist")[-1]
+    assert (record["event"], record["outcome"], record["evidence"]) == ("trial", "rejected", {"images": 10})
+    with pytest.raises(PublishError, match="no version on trial"):
+        end_trial("fashion_mnist", models_dir, "promote", report=lambda line: None)
+
+    retrain("fashion_mnist", models_dir, fashion_dir.parent, stage="candidate", **quiet)  # v5 on trial
+    assert end_trial("fashion_mnist", models_dir, "promote", report=lambda line: None) == 5
+    assert current_version(models_dir, "fashion_mnist") == 5 and candidate_version(models_dir, "fashion_mnist") is None
+    assert read_history(models_dir, "fashion_mnist")[-1]["outcome"] == "promoted"

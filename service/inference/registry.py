@@ -159,39 +159,33 @@ class ModelRegistry:
         """Load every model whose ``current`` pointer moved; returns what changed, for logs and tests."""
         changes = []
         with self._refresh_lock:
-            for name in self.published_names():
-                metrics.start_model_series(name)
-                version = current_version(self.models_dir, name)
-                active = self._models.get(name)
-                if version is None or (active and active.version == version) or self._refused.get(name) == version:
-                    continue
-                try:
-                    loaded = load_version(self.models_dir, name, version, self.runtime_kind, self.threads)
-                except VersionRefused as exc:
-                    self._refused[name] = version
-                    self.errors[name] = str(exc)
-                    metrics.MODEL_RELOADS.labels(name, "refused").inc()
-                    log.error("refused %s v%s, still serving %s: %s", name, version,
-                              f"v{active.version}" if active else "nothing", exc)
-                    changes.append(f"{name} v{version} refused")
-                    continue
-                metrics.start_model_series(name, loaded.classes)
-                self._models = {**self._models, name: loaded}  # one assignment: readers see old or new
-                self._refused.pop(name, None)
-                self.errors.pop(name, None)
-                metrics.MODEL_RELOADS.labels(name, "loaded").inc()
-                if active:
-                    metrics.MODEL_INFO.labels(name, str(active.version)).set(0)
-                metrics.MODEL_INFO.labels(name, str(version)).set(1)
-                reference = loaded.metadata.reference
-                if reference:
-                    metrics.REFERENCE_TOP1.labels(name).set(reference["top1_probability_mean"])
-                log.info("serving %s v%s (was %s)", name, version, f"v{active.version}" if active else "none")
-                changes.append(f"{name} v{version} loaded")
-            for name in self.published_names():
+            for name in self.published_names():  # the folder read once a poll, for both pointers
+                changes += self._refresh_current(name)
                 changes += self._refresh_candidate(name)
         self.initial_load_done.set()
         return changes
+
+    def _refresh_current(self, name: str) -> list[str]:
+        metrics.start_model_series(name)
+        version = current_version(self.models_dir, name)
+        active = self._models.get(name)
+        if version is None or (active and active.version == version) or self._refused.get(name) == version:
+            return []
+        loaded = self._load(name, version, self._refused, name,
+                            f"still serving {f'v{active.version}' if active else 'nothing'}")
+        if loaded is None:
+            return [f"{name} v{version} refused"]
+        metrics.start_model_series(name, loaded.classes)
+        self._models = {**self._models, name: loaded}  # one assignment: readers see old or new
+        metrics.MODEL_RELOADS.labels(name, "loaded").inc()
+        if active:
+            metrics.MODEL_INFO.labels(name, str(active.version)).set(0)
+        metrics.MODEL_INFO.labels(name, str(version)).set(1)
+        reference = loaded.metadata.reference
+        if reference:
+            metrics.REFERENCE_TOP1.labels(name).set(reference["top1_probability_mean"])
+        log.info("serving %s v%s (was %s)", name, version, f"v{active.version}" if active else "none")
+        return [f"{name} v{version} loaded"]
 
     def _refresh_candidate(self, name: str) -> list[str]:
         held, served = self._candidates.get(name), self._models.get(name)
@@ -204,21 +198,31 @@ class ModelRegistry:
             return []
         if (held and held.version == wanted) or self._refused_candidates.get(name) == wanted:
             return []
-        try:
-            loaded = load_version(self.models_dir, name, wanted, self.runtime_kind, self.threads)
-            if loaded.input_spec != served.input_spec or loaded.classes != served.classes:
-                raise VersionRefused(f"it takes other inputs or names other classes than v{served.version}")
-        except VersionRefused as exc:
-            self._refused_candidates[name] = wanted
-            self.errors[f"{name} candidate"] = str(exc)
-            metrics.MODEL_RELOADS.labels(name, "refused").inc()
-            log.error("refused candidate %s v%s: %s", name, wanted, exc)
+        loaded = self._load(name, wanted, self._refused_candidates, f"{name} candidate",
+                            f"as the candidate beside v{served.version}", served)
+        if loaded is None:
             return [f"{name} candidate v{wanted} refused"]
         self._candidates = {**self._candidates, name: loaded}
-        self._refused_candidates.pop(name, None)
-        self.errors.pop(f"{name} candidate", None)
         log.info("candidate %s v%s on trial beside v%s", name, wanted, served.version)
         return [f"{name} candidate v{wanted} loaded"]
+
+    def _load(self, name: str, version: int, refused: dict[str, int], error_key: str, instead: str,
+              beside: LoadedModel | None = None) -> LoadedModel | None:
+        """Load and verify a version (one that must take ``beside``'s inputs and classes, if given), or record
+        its refusal (not retried until its pointer moves), count it, and log what serves ``instead``."""
+        try:
+            loaded = load_version(self.models_dir, name, version, self.runtime_kind, self.threads)
+            if beside is not None and (loaded.input_spec != beside.input_spec or loaded.classes != beside.classes):
+                raise VersionRefused(f"it takes other inputs or names other classes than v{beside.version}")
+        except VersionRefused as exc:
+            refused[name] = version
+            self.errors[error_key] = str(exc)
+            metrics.MODEL_RELOADS.labels(name, "refused").inc()
+            log.error("refused %s v%s, %s: %s", name, version, instead, exc)
+            return None
+        refused.pop(name, None)
+        self.errors.pop(error_key, None)
+        return loaded
 
     def start(self, interval_seconds: float) -> threading.Thread:
         """Keep watching the pointers, in a daemon thread: the first look is after ``interval_seconds``."""

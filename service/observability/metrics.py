@@ -231,13 +231,19 @@ class _ReadFamilies(Collector):
 def render_metrics(extra: Iterable[Metric] = ()) -> tuple[bytes, str]:
     """The exposition text: every worker's values when running under gunicorn, this process's otherwise, plus
     ``extra`` families read at scrape time."""
-    registry = REGISTRY
-    if multiprocess_dir() is not None:
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
     state = CollectorRegistry()
     state.register(_ReadFamilies(extra))
-    return generate_latest(registry) + generate_latest(state), CONTENT_TYPE_LATEST
+    return generate_latest(all_workers()) + generate_latest(state), CONTENT_TYPE_LATEST
+
+
+def all_workers() -> CollectorRegistry:
+    """Every worker's values when running under gunicorn (the shared multiprocess files), this process's
+    otherwise."""
+    if multiprocess_dir() is None:
+        return REGISTRY
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)
+    return registry
 
 
 def record_shadow(model, candidate, served, shadowed, predicted: list[int]) -> None:
@@ -255,14 +261,9 @@ def record_shadow(model, candidate, served, shadowed, predicted: list[int]) -> N
 def shadow_figures(model: str, candidate: int) -> dict:
     """The candidate's live figures, all workers together: images shadowed, top-1 agreement, each version's mean
     top-1 probability on them."""
-    registry = REGISTRY
-    folder = multiprocess_dir()
-    if folder is not None:
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry, path=str(folder))
     totals = {"images": 0.0, "agreements": 0.0, "served": 0.0, "candidate": 0.0}
     wanted = {f"{PREFIX}_shadow_images_total": "images", f"{PREFIX}_shadow_agreements_total": "agreements"}
-    for family in registry.collect():
+    for family in all_workers().collect():
         for sample in family.samples:
             labels = sample.labels
             if labels.get("model") != model or labels.get("candidate") != str(candidate):

@@ -122,10 +122,8 @@ def parse_infer_request(body: bytes, header_length: str | None, max_images: int)
     elif not isinstance(outputs, list) or not all(isinstance(o, dict) for o in outputs):
         raise InvalidRequest("'outputs' must be a list of objects")
     else:
-        requested = tuple(_parse_output(o, binary_default) for o in outputs[:len(OUTPUTS) + 1])
-        names = [output.name for output in requested]
-        if len(outputs) > len(OUTPUTS) or len(set(names)) != len(names):  # each answer is one more copy
-            raise InvalidRequest("'outputs' names an output more than once; name each output once")
+        requested = named_once(tuple(_parse_output(o, binary_default) for o in outputs[:len(OUTPUTS) + 1]),
+                               len(outputs))
     set_parameters = {key: parameters[key] for key in SET_PARAMETERS if key in parameters}
     return InferRequest(request_id, tensor, requested, binary_default, set_parameters)
 
@@ -249,6 +247,14 @@ def _parse_output(item: dict, binary_default: bool) -> RequestedOutput:
     return requested_output(name, parameters.get("binary_data", binary_default), parameters.get("classification", 0))
 
 
+def named_once(requested: tuple[RequestedOutput, ...], sent: int) -> tuple[RequestedOutput, ...]:
+    """The outputs a request names, if it names each once (each answer is one more copy); ``requested`` are
+    the first of the ``sent``, read no further than one past the number of outputs there are."""
+    if sent > len(OUTPUTS) or len({output.name for output in requested}) != len(requested):
+        raise InvalidRequest("'outputs' names an output more than once; name each output once")
+    return requested
+
+
 def requested_output(name, binary, classification) -> RequestedOutput:
     """An output a request names, checked: a known name, and the classification extension only on the
     probabilities. The REST and gRPC sides of the protocol share it."""
@@ -307,36 +313,41 @@ def extra_tensor(name: str, classified: Classified, sets: list[PredictionSet] | 
     return "FP32", np.asarray(values, dtype=np.float32)
 
 
+def output_tensor(output: RequestedOutput, model: LoadedModel, classified: Classified,
+                  sets: list[PredictionSet] | None) -> tuple[str, list[int], np.ndarray | list[bytes]]:
+    """An answer's output, whatever carries it: its datatype, shape and values (an array, or for BYTES the
+    elements in row-major order)."""
+    if output.name != OUTPUT:
+        datatype, values = extra_tensor(output.name, classified, sets, len(model.classes))
+        return datatype, list(values.shape), values
+    if output.classification:
+        k = min(output.classification, len(model.classes))
+        rows = classification_strings(classified.probabilities, model.classes, k)
+        return "BYTES", [len(rows), k], [s for row in rows for s in row]
+    return "FP32", list(classified.probabilities.shape), classified.probabilities
+
+
+def raw_contents(datatype: str, values: np.ndarray | list[bytes]) -> bytes:
+    """An output's binary form, the same in REST's binary tensor data and gRPC's raw contents: each BYTES element
+    after its 4-byte little-endian length; FP32 little-endian; BOOL a byte each."""
+    if datatype == "BYTES":
+        return b"".join(struct.pack("<I", len(element)) + element for element in values)
+    return np.ascontiguousarray(values, dtype="<f4" if datatype == "FP32" else np.uint8).tobytes()
+
+
 def encode_infer_response(model: LoadedModel, request_id: str | None, outputs: tuple[RequestedOutput, ...],
                           classified: Classified, sets: list[PredictionSet] | None = None) -> tuple[bytes, int | None]:
     """The response body, and the JSON header's length when binary tensor data follows it."""
-    probabilities = classified.probabilities
     tensors, chunks = [], []
     for output in outputs:
-        if output.name != OUTPUT:
-            datatype, values = extra_tensor(output.name, classified, sets, len(model.classes))
-            tensor = {"name": output.name, "datatype": datatype, "shape": list(values.shape)}
-            if output.binary:
-                chunk = values.astype("<f4" if datatype == "FP32" else np.uint8).tobytes()
-            else:
-                tensor["data"] = values.ravel().tolist()
-        elif output.classification:
-            k = min(output.classification, len(model.classes))
-            rows = classification_strings(probabilities, model.classes, k)
-            tensor = {"name": output.name, "datatype": "BYTES", "shape": [len(rows), k]}
-            if output.binary:
-                chunk = b"".join(struct.pack("<I", len(s)) + s for row in rows for s in row)
-            else:
-                tensor["data"] = [s.decode() for row in rows for s in row]
-        else:
-            tensor = {"name": output.name, "datatype": "FP32", "shape": list(probabilities.shape)}
-            if output.binary:
-                chunk = np.ascontiguousarray(probabilities, dtype="<f4").tobytes()
-            else:
-                tensor["data"] = probabilities.ravel().tolist()
+        datatype, shape, values = output_tensor(output, model, classified, sets)
+        tensor = {"name": output.name, "datatype": datatype, "shape": shape}
         if output.binary:
+            chunk = raw_contents(datatype, values)
             tensor["parameters"] = {"binary_data_size": len(chunk)}
             chunks.append(chunk)
+        else:
+            tensor["data"] = [s.decode() for s in values] if datatype == "BYTES" else values.ravel().tolist()
         tensors.append(tensor)
     # The response's own parameters carry the prediction ids, in the order of the inputs.
     header = {"model_name": model.name, "model_version": str(model.version),
@@ -347,6 +358,16 @@ def encode_infer_response(model: LoadedModel, request_id: str | None, outputs: t
     if not chunks:
         return encoded, None
     return encoded + b"".join(chunks), len(encoded)
+
+
+def server_version() -> str:
+    """This package's version, as the server metadata of either transport reports it."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(SERVER_NAME)
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def model_metadata(model: LoadedModel) -> dict:

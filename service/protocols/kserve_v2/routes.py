@@ -15,6 +15,7 @@ from service.protocols.kserve_v2.codec import (
     model_metadata,
     parse_infer_request,
     run_inference,
+    server_version,
 )
 
 
@@ -24,13 +25,7 @@ def blueprint(state: AppState) -> Blueprint:
 
     @routes.get("")
     def server_metadata():
-        from importlib.metadata import PackageNotFoundError, version
-
-        try:
-            server_version = version(SERVER_NAME)
-        except PackageNotFoundError:
-            server_version = "unknown"
-        return jsonify({"name": SERVER_NAME, "version": server_version, "extensions": EXTENSIONS})
+        return jsonify({"name": SERVER_NAME, "version": server_version(), "extensions": EXTENSIONS})
 
     @routes.get("/health/live")
     def live():

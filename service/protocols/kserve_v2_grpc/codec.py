@@ -9,8 +9,6 @@ Errors are gRPC status codes with the REST side's messages.
 
 from __future__ import annotations
 
-import struct
-
 import grpc
 import numpy as np
 
@@ -69,13 +67,10 @@ def parse_model_infer(request: pb.ModelInferRequest, max_images: int) -> rest.In
                                 f"says {count}")
         value = np.asarray(typed, dtype=np.float32) if pixels else list(typed)
     checked = rest.checked_input(tensor.name, tensor.datatype, shape, value, max_images)
-    if len(request.outputs) > len(rest.OUTPUTS):
-        raise InvalidRequest("'outputs' names an output more than once; name each output once")
     outputs = None
     if request.outputs:
-        outputs = tuple(rest.requested_output(o.name, True, _classification(o)) for o in request.outputs)
-        if len({o.name for o in outputs}) != len(outputs):
-            raise InvalidRequest("'outputs' names an output more than once; name each output once")
+        outputs = rest.named_once(tuple(rest.requested_output(o.name, True, _classification(o))
+                                        for o in request.outputs[:len(rest.OUTPUTS) + 1]), len(request.outputs))
     set_parameters = {key: parameter_value(request.parameters[key]) for key in rest.SET_PARAMETERS
                       if key in request.parameters}
     return rest.InferRequest(request.id or None, checked, outputs, True, set_parameters)
@@ -94,22 +89,10 @@ def encode_model_infer(model: LoadedModel, request_id: str | None, outputs: tupl
     response's ``prediction_ids`` parameter, in the order of the inputs."""
     response = pb.ModelInferResponse(model_name=model.name, model_version=str(model.version), id=request_id or "")
     response.parameters["prediction_ids"].string_param = ",".join(classified.ids)
-    probabilities = classified.probabilities
     for output in outputs:
-        if output.name != rest.OUTPUT:
-            datatype, values = rest.extra_tensor(output.name, classified, sets, len(model.classes))
-            shape = values.shape
-            raw = values.astype("<f4" if datatype == "FP32" else np.uint8).tobytes()
-        elif output.classification:
-            k = min(output.classification, len(model.classes))
-            rows = rest.classification_strings(probabilities, model.classes, k)
-            datatype, shape = "BYTES", (len(rows), k)
-            raw = b"".join(struct.pack("<I", len(s)) + s for row in rows for s in row)
-        else:
-            datatype, shape = "FP32", probabilities.shape
-            raw = np.ascontiguousarray(probabilities, dtype="<f4").tobytes()
-        response.outputs.add(name=output.name, datatype=datatype, shape=list(shape))
-        response.raw_output_contents.append(raw)
+        datatype, shape, values = rest.output_tensor(output, model, classified, sets)
+        response.outputs.add(name=output.name, datatype=datatype, shape=shape)
+        response.raw_output_contents.append(rest.raw_contents(datatype, values))
     return response
 
 

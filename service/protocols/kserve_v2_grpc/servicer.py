@@ -47,7 +47,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     def ServerMetadata(self, request, context):
         return self._serve("ServerMetadata", context, lambda: pb.ServerMetadataResponse(
-            name=rest.SERVER_NAME, version=server_version(), extensions=rest.EXTENSIONS))
+            name=rest.SERVER_NAME, version=rest.server_version(), extensions=rest.EXTENSIONS))
 
     def ModelReady(self, request, context):
         def ready():
@@ -95,11 +95,3 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             metrics.series(metrics.REQUESTS, codec.NAME, rpc, self.call.model, code.name).inc()
             metrics.series(metrics.REQUEST_DURATION, rpc).observe(time.perf_counter() - started)
 
-
-def server_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(rest.SERVER_NAME)
-    except PackageNotFoundError:
-        return "unknown"

@@ -59,22 +59,29 @@ def port_in_use(host: str, port: int) -> bool:
 
 def start() -> subprocess.Popen:
     """The supervisor, started by gunicorn's master."""
-    return subprocess.Popen([sys.executable, "-m", "service.front_door.grpc_server"], preexec_fn=die_with_parent)
+    return _spawn()
+
+
+def _spawn(*args: str) -> subprocess.Popen:
+    """This module as a child process that dies with its parent."""
+    return subprocess.Popen([sys.executable, "-m", "service.front_door.grpc_server", *args],
+                            preexec_fn=die_with_parent)
+
+
+def _stopped_by_signals() -> tuple[threading.Event, list[int]]:
+    """Set when SIGTERM, SIGINT or SIGQUIT arrives; the list says which came first."""
+    stopping, received = threading.Event(), []
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+        signal.signal(signum, lambda signum, _: (received.append(signum), stopping.set()))
+    return stopping, received
 
 
 # --- the supervisor -------------------------------------------------------------------------------------------
 
 def supervise(settings: Settings) -> int:
-    stopping, received = threading.Event(), []
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
-        signal.signal(signum, lambda signum, _: (received.append(signum), stopping.set()))
+    stopping, received = _stopped_by_signals()
     count = settings.sizing.workers
-
-    def launch() -> subprocess.Popen:
-        return subprocess.Popen([sys.executable, "-m", "service.front_door.grpc_server", "--serve"],
-                                preexec_fn=die_with_parent)
-
-    servers = [launch() for _ in range(count)]
+    servers = [_spawn("--serve") for _ in range(count)]
     log.info("gRPC: %d server(s) on %s:%d", count, settings.host, settings.grpc_port)
     while not stopping.wait(0.2):
         for index, server in enumerate(servers):
@@ -83,7 +90,7 @@ def supervise(settings: Settings) -> int:
                 _forget(server.pid)
                 if stopping.wait(RESTART_DELAY_SECONDS):
                     break
-                servers[index] = launch()
+                servers[index] = _spawn("--serve")
     for server in servers:  # the signal the master got: SIGTERM drains, SIGINT and SIGQUIT stop at once
         if server.poll() is None:
             server.send_signal(received[0])
@@ -117,9 +124,7 @@ def serve(settings: Settings) -> int:
     from service.protocols.kserve_v2_grpc.codec import SERVICE_NAME
     from service.protocols.kserve_v2_grpc.servicer import Call, InferenceServicer
 
-    stopping, received = threading.Event(), []
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
-        signal.signal(signum, lambda signum, _: (received.append(signum), stopping.set()))
+    stopping, received = _stopped_by_signals()
     call = Call()
     state = build_state(settings, watch=True, api_key=lambda: call.key)
     server = grpc.server(

@@ -35,31 +35,42 @@ class KeySource(Protocol):
     def revoke(self, name: str, now: float) -> bool: ...
 
 
+class Recheck:
+    """When keys are read again: at most every ``RECHECK_SECONDS``, by the first request to find them due, while
+    the others go on with the keys already read."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic):
+        self.clock = clock
+        self.lock = threading.Lock()
+        self.checked_at = float("-inf")
+
+    def if_due(self, reread: Callable[[], None]) -> None:
+        if self.clock() - self.checked_at >= RECHECK_SECONDS:
+            with self.lock:
+                if self.clock() - self.checked_at >= RECHECK_SECONDS:
+                    self.checked_at = self.clock()
+                    reread()
+
+
 class KeyFile:
     """Keys in one JSON file. Writers (the CLI) hold a lock beside it and replace the file whole, so a reader sees
     the old keys or the new, never half a file; readers notice a change by the file's inode, size and time."""
 
     def __init__(self, path: Path, clock: Callable[[], float] = time.monotonic, serving: bool = True):
         self.path = Path(path)
-        self.clock = clock
-        self.lock = threading.Lock()
-        self.checked_at = float("-inf")
+        self.recheck = Recheck(clock)
         self.signature: tuple | None = None
         self.live: dict[str, ApiKey] = {}
         if serving:  # a worker reads the keys before it serves; the CLI reads them when it edits them
-            self._reload(strict=True)
+            self.recheck.if_due(lambda: self._reload(strict=True))
 
     def lookup(self, key_id: str) -> ApiKey | None:
-        if self.clock() - self.checked_at >= RECHECK_SECONDS:
-            with self.lock:
-                if self.clock() - self.checked_at >= RECHECK_SECONDS:
-                    self._reload(strict=False)
+        self.recheck.if_due(lambda: self._reload(strict=False))
         return self.live.get(key_id)
 
     def _reload(self, strict: bool) -> None:
         """Read the file again if it changed. At start a broken file stops the worker (``strict``); later the
         keys already read stay in force and the error is logged, so a bad edit cannot open or close the door."""
-        self.checked_at = self.clock()
         try:
             stat = self.path.stat()
         except FileNotFoundError:

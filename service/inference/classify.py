@@ -100,7 +100,6 @@ class Inference:
             self.keep_inputs(model, classified, predicted)
         return classified
 
-
     def _shadow(self, model: LoadedModel, batch: np.ndarray, probabilities: np.ndarray, predicted: list[int]) -> None:
         """The same inputs through the candidate version, in the same request: one more runtime call on a batch
         already decoded (tens of microseconds), its answer recorded, never sent; a failure never fails the

@@ -7,7 +7,6 @@ the feedback store when feedback is on, then each protocol's routes, the operati
 from __future__ import annotations
 
 import logging
-import random
 import time
 from collections.abc import Callable
 
@@ -26,6 +25,7 @@ from service.http.state import AppState
 from service.inference.classify import Inference
 from service.inference.images import DecodeLimits
 from service.inference.registry import ModelRegistry
+from service.inference.trial import Trials
 from service.observability import metrics
 from service.observability.model_monitor import ModelMonitor
 from service.protocols import protocol_of
@@ -89,19 +89,8 @@ def build_state(settings: Settings, watch: bool, api_key: Callable[[], ApiKey] =
     charge = (lambda model, count: access.charge_images(api_key(), count)) if access else None
     inference = Inference(DecodeLimits.from_settings(settings), monitor,
                           keep_inputs=retention.keep if retention else None, charge_images=charge,
-                          shadow_of=shadowing(registry, settings.shadow_fraction))
+                          trials=Trials(registry, settings.shadow_fraction, settings.canary_percent))
     return AppState(settings, registry, monitor, inference, store, access)
-
-
-def shadowing(registry: ModelRegistry, fraction: float):
-    """Which requests a model's candidate also answers (in the shadow): that share of them, at random."""
-    if fraction <= 0:
-        return None
-
-    def shadow_of(model):
-        candidate = registry.candidate(model.name)
-        return candidate if candidate is not None and (fraction >= 1 or random.random() < fraction) else None
-    return shadow_of
 
 
 class OrjsonProvider(JSONProvider):

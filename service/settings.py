@@ -102,6 +102,10 @@ class Settings(Locations):
     shadow_fraction: float = setting("SHADOW_FRACTION", 1.0, "share of requests also run through a model's "
                                      "candidate version while one is on trial (its answer recorded, never sent); "
                                      "0 turns shadowing off", minimum=0, maximum=1)
+    canary_percent: float = setting("CANARY_PERCENT", 0.0, "percentage of inputs a model's candidate answers "
+                                    "instead of the current version while one is on trial, chosen by each "
+                                    "request's first prediction id (a retried request gets the same version); "
+                                    "requests that name a version are never moved", minimum=0, maximum=100)
     # API keys (service/access, docs/operations.md#api-keys): off unless a place for keys is set.
     api_keys_file: Path | None = setting("API_KEYS_FILE", None, "a keys file made by `python -m service keys add`; "
                                          "set, every inference and model endpoint needs a key",

@@ -8,6 +8,7 @@ import time
 from flask import Blueprint, Response, jsonify, send_file
 
 from contract.layout import TIME_FORMAT, list_versions, read_history
+from contract.trial_record import trial_decision, trial_section
 from service.errors import NotFound, NotReady
 from service.http.state import AppState
 from service.inference.registry import LoadedModel
@@ -15,6 +16,7 @@ from service.observability import metrics
 
 log = logging.getLogger("service.http.operations")
 # The model card's files a client may fetch: the plots and the card itself, never the weights.
+MODEL_CARD_FILE = "MODEL_CARD.md"
 CARD_FILE_TYPES = {".png": "image/png", ".md": "text/markdown; charset=utf-8"}
 
 
@@ -75,16 +77,19 @@ def describe_model(model: LoadedModel, detail: bool) -> dict:
     return body
 
 
-def describe_candidate(candidate: LoadedModel | None, shadow_fraction: float) -> dict | None:
+def describe_candidate(state: AppState, candidate: LoadedModel | None) -> dict | None:
     """The version on trial, if any: its offline test figures beside its live ones (shadowed on the same inputs
-    as the served version, all workers together)."""
+    as the served version, all workers together), and the share of inputs it answers as the canary."""
     if candidate is None:
         return None
     served = candidate.metadata.runtimes[candidate.runtime.kind].test_accuracy
+    shadow = metrics.shadow_figures(candidate.name, candidate.version)
+    windows = state.monitor.drift_windows([candidate], "candidate")
+    shadow["drift_psi"] = windows[0][1].psi() if windows and windows[0][1].filled else None
     return {"version": candidate.version, "runtime": candidate.runtime.kind,
             "test_accuracy": candidate.metadata.test_accuracy if served is None else served,
-            "shadow_fraction": shadow_fraction,
-            "shadow": metrics.shadow_figures(candidate.name, candidate.version)}
+            "shadow_fraction": state.settings.shadow_fraction, "canary_percent": state.settings.canary_percent,
+            "shadow": shadow}
 
 
 def blueprint(state: AppState) -> Blueprint:
@@ -108,7 +113,8 @@ def blueprint(state: AppState) -> Blueprint:
         body["available_versions"] = list_versions(registry.models_dir, name)
         if name in registry.errors:
             body["last_refused"] = registry.errors[name]
-        body["candidate"] = describe_candidate(registry.candidate(model.name), state.settings.shadow_fraction)
+        state.monitor.flush()  # this worker's queued shadow answers reach the candidate's drift window
+        body["candidate"] = describe_candidate(state, registry.candidate(model.name))
         if f"{name} candidate" in registry.errors:
             body["candidate_refused"] = registry.errors[f"{name} candidate"]
         return jsonify(body)
@@ -121,6 +127,11 @@ def blueprint(state: AppState) -> Blueprint:
         if filename not in model.metadata.files or suffix not in CARD_FILE_TYPES:
             card_files = [f for f in model.metadata.files if f[f.rfind("."):] in CARD_FILE_TYPES]
             raise NotFound(f"{name} v{model.version} has no card file {filename!r}; it has {', '.join(card_files)}")
+        if filename == MODEL_CARD_FILE:  # with the version's live trial, decided after the file was written
+            decision = trial_decision(read_history(registry.models_dir, model.name), model.version)
+            if decision is not None:
+                card = (model.path / filename).read_text() + trial_section(decision)
+                return Response(card, content_type=CARD_FILE_TYPES[suffix])
         return send_file((model.path / filename).resolve(), mimetype=CARD_FILE_TYPES[suffix], max_age=3600)
 
     @routes.get("/models/<name>/history")
@@ -161,6 +172,9 @@ def scrape_time_families(state: AppState) -> list:
     families = metrics.state_families(state.ready(), histories)
     families += metrics.drift_families([(model.name, window) for model, window
                                         in state.monitor.drift_windows(list(served.values()))])
+    candidates = [model for model in map(state.registry.candidate, served) if model is not None]
+    families += metrics.candidate_drift_families([(model.name, model.version, window) for model, window
+                                                  in state.monitor.drift_windows(candidates, "candidate")])
     if state.feedback_store is not None:
         from sqlalchemy.exc import SQLAlchemyError  # loaded with the store, and only then
 

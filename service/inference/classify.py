@@ -19,6 +19,7 @@ from service.errors import InvalidTensor
 from service.inference.decode_gate import DecodeGate
 from service.inference.images import DecodeLimits, UploadFacts, decode_planned, plan_batch
 from service.inference.registry import LoadedModel
+from service.inference.trial import Route, Trials
 from service.inference.uncertainty import ood_scores
 from service.observability import metrics
 from service.observability.model_monitor import ModelMonitor
@@ -29,39 +30,40 @@ KeepInputs = Callable[[LoadedModel, "Classified", list[int]], None]
 # Called with (model, number of images) before any of a request's images is decoded, e.g. to charge them to the
 # caller's API key (service.access); raises the client error that refuses them.
 ChargeImages = Callable[[LoadedModel, int], None]
-# Called with the served model before a batch is answered: the version to shadow it with (its candidate, on
-# trial), or None; see service.app for the share of requests shadowed.
-ShadowOf = Callable[[LoadedModel], "LoadedModel | None"]
 log = logging.getLogger("service.inference")
 
 
 class Classified(NamedTuple):
     """What the model saw (normalization explains many answers), what it answered, and each input's id: the
     SHA-256 of its normalized pixels, by which feedback can name the prediction. With a version that records an
-    out-of-distribution reference, each input's score and p-value (``service.inference.uncertainty``)."""
+    out-of-distribution reference, each input's score and p-value (``service.inference.uncertainty``). ``model``:
+    the version that answered, which is the candidate for a canary's share of inputs (``service.inference.trial``);
+    every protocol names it in its answer, and builds prediction sets with its calibration."""
 
     inputs: np.ndarray
     probabilities: np.ndarray
     ids: list[str]
     ood_scores: np.ndarray | None = None
     ood_p_values: np.ndarray | None = None
+    model: LoadedModel | None = None
 
 
 class Inference:
     def __init__(self, limits: DecodeLimits, monitor: ModelMonitor, decode_gate: DecodeGate | None = None,
                  keep_inputs: KeepInputs | None = None, charge_images: ChargeImages | None = None,
-                 shadow_of: ShadowOf | None = None):
+                 trials: Trials | None = None):
         self.limits = limits
         self.monitor = monitor
         self.decode_gate = decode_gate or DecodeGate()
         self.keep_inputs = keep_inputs
         self.charge_images = charge_images
-        self.shadow_of = shadow_of
+        self.trials = trials  # with a candidate on trial: the canary and the shadow
 
-    def classify_images(self, model: LoadedModel, images: list[bytes]) -> Classified:
+    def classify_images(self, model: LoadedModel, images: list[bytes], pinned: bool = False) -> Classified:
         """Encoded image files (PNG, JPEG, ...) -> (len(images), classes) probabilities, through the same
         decoding and normalization as every upload. Every image's header is read and the request's cost checked
-        against the limits before the first one is decoded."""
+        against the limits before the first one is decoded. ``pinned``: the caller named the version, so a canary
+        never answers instead."""
         if self.charge_images is not None:
             self.charge_images(model, len(images))
         started = time.perf_counter()
@@ -70,18 +72,22 @@ class Inference:
             with self.decode_gate.decoding(plan.work):
                 prepared.append(decode_planned(plan, model.input_spec))
         batch = prepared[0][0][np.newaxis] if len(prepared) == 1 else np.stack([array for array, _ in prepared])
-        return self._predict(model, batch, started, [facts for _, facts in prepared])
+        return self._predict(model, batch, started, [facts for _, facts in prepared], pinned)
 
-    def classify_pixels(self, model: LoadedModel, pixels: np.ndarray) -> Classified:
+    def classify_pixels(self, model: LoadedModel, pixels: np.ndarray, pinned: bool = False) -> Classified:
         """A float32 batch already in the model's input shape, values in [0, 1] -> probabilities."""
         batch = check_pixels(model, pixels)
         if self.charge_images is not None:
             self.charge_images(model, len(batch))
-        return self._predict(model, batch, time.perf_counter())
+        return self._predict(model, batch, time.perf_counter(), pinned=pinned)
 
     def _predict(self, model: LoadedModel, batch: np.ndarray, started: float,
-                 uploads: list[UploadFacts] | None = None) -> Classified:
+                 uploads: list[UploadFacts] | None = None, pinned: bool = False) -> Classified:
         prepared = time.perf_counter()
+        ids = [input_id(pixels) for pixels in batch]
+        requested = model
+        route = Route(model) if self.trials is None else self.trials.route(model, ids[0], pinned)
+        model = route.answering
         probabilities, distance = model.runtime.run(batch)
         inferred = time.perf_counter()
         metrics.series(metrics.DECODE_DURATION, model.name).observe(prepared - started)
@@ -90,28 +96,34 @@ class Inference:
         predicted = probabilities.argmax(axis=1).tolist()
         for index in predicted:
             metrics.series(metrics.PREDICTIONS, model.name, model.classes[index]).inc()
-        if self.shadow_of is not None:
-            self._shadow(model, batch, probabilities, predicted)
+        if route.canary:
+            metrics.series(metrics.CANARY_IMAGES, model.name, str(model.version)).inc(len(batch))
+        if route.shadow is not None:
+            self._shadow(route, batch, probabilities, predicted)
         scores = ood_scores(model.uncertainty, batch, distance)
-        self.monitor.observe(model, batch, probabilities, predicted, uploads, scores[1] if scores else None)
-        ids = [input_id(pixels) for pixels in batch]
-        classified = Classified(batch, probabilities, ids, *(scores or (None, None)))
+        # Under the version asked for: the monitor's drift window is of what the model's name answered.
+        self.monitor.observe(requested, batch, probabilities, predicted, uploads, scores[1] if scores else None)
+        classified = Classified(batch, probabilities, ids, *(scores or (None, None)), model=model)
         if self.keep_inputs is not None:
             self.keep_inputs(model, classified, predicted)
         return classified
 
-    def _shadow(self, model: LoadedModel, batch: np.ndarray, probabilities: np.ndarray, predicted: list[int]) -> None:
-        """The same inputs through the candidate version, in the same request: one more runtime call on a batch
+    def _shadow(self, route: Route, batch: np.ndarray, probabilities: np.ndarray, predicted: list[int]) -> None:
+        """The same inputs through the other version, in the same request: one more runtime call on a batch
         already decoded (tens of microseconds), its answer recorded, never sent; a failure never fails the
-        request it shadows."""
-        candidate = self.shadow_of(model)
-        if candidate is None:
-            return
+        request it shadows. The figures always compare the candidate with the current version, whichever
+        answered."""
         try:
-            shadowed, _ = candidate.runtime.run(batch)
-            metrics.record_shadow(model, candidate, probabilities, shadowed, predicted)
+            other, _ = route.shadow.runtime.run(batch)
+            if route.canary:
+                metrics.record_shadow(route.shadow, route.answering, other, probabilities)
+            else:
+                metrics.record_shadow(route.answering, route.shadow, probabilities, other)
+            candidate = route.answering if route.canary else route.shadow
+            self.monitor.observe_candidate(candidate, batch, probabilities if route.canary else other)
         except Exception:
-            log.exception("shadowing %s with v%s failed", model.name, candidate.version)
+            log.exception("shadowing %s v%s with v%s failed", route.answering.name, route.answering.version,
+                          route.shadow.version)
 
 
 def check_pixels(model: LoadedModel, pixels: np.ndarray) -> np.ndarray:

@@ -89,9 +89,12 @@ SHADOW_AGREEMENTS = Counter(f"{PREFIX}_shadow_agreements_total",
                             "Shadowed images whose top-1 label the candidate shares with the served version",
                             ["model", "candidate"])
 SHADOW_TOP1 = Counter(f"{PREFIX}_shadow_top1_probability_total",
-                      "Sum of shadowed images' top-1 probabilities, by role (served, candidate): over "
-                      "classifier_shadow_images_total, each version's mean confidence on the same inputs",
+                      "Sum of shadowed images' top-1 probabilities, by role (served: the current version, "
+                      "candidate): over classifier_shadow_images_total, each version's mean confidence on the same "
+                      "inputs",
                       ["model", "candidate", "role"])
+CANARY_IMAGES = Counter(f"{PREFIX}_canary_images_total", "Images answered by the model's candidate version "
+                        "(CANARY_PERCENT)", ["model", "candidate"])
 SHADOW_LABELS = Counter(f"{PREFIX}_shadow_labels_total",
                         "Shadowed images by the served version's top-1 label and the candidate's",
                         ["model", "candidate", "served_label", "candidate_label"])
@@ -197,6 +200,20 @@ def drift_families(windows: list[tuple[str, DriftWindow]]) -> list[Metric]:
     return [psi, window_images, reference_images]
 
 
+def candidate_drift_families(windows: list[tuple[str, int, DriftWindow]]) -> list[Metric]:
+    """The drift of each candidate's answers on the inputs it ran on (shadow or canary), against its own
+    reference: beside the served version's ``classifier_drift_psi`` on the same inputs."""
+    psi = GaugeMetricFamily(f"{PREFIX}_candidate_drift_psi", "Population stability index of a candidate version's "
+                            "recent inputs and answers against its training data, by signal",
+                            labels=["model", "candidate", "signal"])
+    for name, version, window in windows:
+        counts, filled = window.read()
+        if filled:
+            for signal, value in window.psi(counts).items():
+                psi.add_metric([name, str(version), signal], value)
+    return [psi]
+
+
 def multiprocess_dir() -> Path | None:
     """prometheus-client's folder of shared metric files, set up by gunicorn.conf.py; None in a single process."""
     folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
@@ -246,10 +263,11 @@ def all_workers() -> CollectorRegistry:
     return registry
 
 
-def record_shadow(model, candidate, served, shadowed, predicted: list[int]) -> None:
-    """One batch run through both versions: counts, agreements, confidence sums and label pairs."""
+def record_shadow(model, candidate, served, shadowed) -> None:
+    """One batch run through both versions (``served``: the current version's probabilities, ``shadowed``: the
+    candidate's, whichever answered): counts, agreements, confidence sums and label pairs."""
     name, version = model.name, str(candidate.version)
-    trial = shadowed.argmax(axis=1).tolist()
+    predicted, trial = served.argmax(axis=1).tolist(), shadowed.argmax(axis=1).tolist()
     series(SHADOW_IMAGES, name, version).inc(len(trial))
     series(SHADOW_AGREEMENTS, name, version).inc(sum(a == b for a, b in zip(predicted, trial)))
     series(SHADOW_TOP1, name, version, "served").inc(float(served.max(axis=1).sum()))

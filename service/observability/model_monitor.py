@@ -58,6 +58,7 @@ class Observation(NamedTuple):
     predicted: list[int]
     uploads: list[UploadFacts] | None
     ood_p_values: np.ndarray | None
+    role: str = "served"  # or "candidate": a candidate's answers, which only its own drift window records
 
 
 class ModelMonitor:
@@ -69,7 +70,7 @@ class ModelMonitor:
         self.low_confidence_threshold = low_confidence_threshold
         self.window_images = window_images
         self.shared_dir = shared_dir
-        self._windows: dict[tuple[str, int], DriftWindow | None] = {}
+        self._windows: dict[tuple[str, int, str], DriftWindow | None] = {}
         self._queued: list[Observation] = []
         self._queued_images = 0
         self._lock = threading.Lock()
@@ -85,6 +86,19 @@ class ModelMonitor:
             if self._queued_images >= FLUSH_EVERY_IMAGES:
                 self._flush_locked()
 
+    def observe_candidate(self, candidate: LoadedModel, batch: np.ndarray, probabilities: np.ndarray) -> None:
+        """A candidate's answers on the inputs it shadowed (or answered as the canary): recorded only in its own
+        drift window, against its own reference, so its drift PSI is measured on the same inputs as the served
+        version's and never mixes into the served figures."""
+        if not self.enabled:
+            return
+        predicted = probabilities.argmax(axis=1).tolist()
+        with self._lock:
+            self._queued.append(Observation(candidate, batch, probabilities, predicted, None, None, "candidate"))
+            self._queued_images += len(predicted)
+            if self._queued_images >= FLUSH_EVERY_IMAGES:
+                self._flush_locked()
+
     def flush(self) -> None:
         """Write everything observed so far to the metrics."""
         with self._lock:
@@ -92,11 +106,17 @@ class ModelMonitor:
 
     def _flush_locked(self) -> None:
         queued, self._queued, self._queued_images = self._queued, [], 0
-        by_version: dict[tuple[str, int], list[Observation]] = {}
-        for observation in queued:
-            by_version.setdefault((observation.model.name, observation.model.version), []).append(observation)
-        for observations in by_version.values():
-            self._record(observations)
+        by_version: dict[tuple[str, int, str], list[Observation]] = {}
+        for o in queued:
+            by_version.setdefault((o.model.name, o.model.version, o.role), []).append(o)
+        for (_, _, role), observations in by_version.items():
+            if role == "candidate":
+                batch = np.concatenate([o.batch for o in observations])
+                window = self._window(observations[0].model, role)
+                if window is not None:
+                    window.add(*image_statistics(batch), [index for o in observations for index in o.predicted])
+            else:
+                self._record(observations)
 
     def _record(self, observations: list[Observation]) -> None:
         """The queued batches of one model version, recorded at once."""
@@ -131,24 +151,27 @@ class ModelMonitor:
         if window is not None:
             window.add(means, contrasts, predicted)
 
-    def _window(self, model: LoadedModel) -> DriftWindow | None:
-        key = (model.name, model.version)
+    def _window(self, model: LoadedModel, role: str = "served") -> DriftWindow | None:
+        key = (model.name, model.version, role)
         if key not in self._windows:
-            for old in [k for k in self._windows if k[0] == model.name]:  # the old version's
+            for old in [k for k in self._windows if k[0] == model.name and k[2] == role]:  # the old version's
                 window = self._windows.pop(old)
                 if window is not None:
                     window.close()
             reference = Reference.from_profile(model.metadata.reference)
-            path = None if self.shared_dir is None else self.shared_dir / f"drift-{model.name}-{model.version}.window"
+            suffix = "" if role == "served" else f"-{role}"
+            path = None if self.shared_dir is None else \
+                self.shared_dir / f"drift-{model.name}-{model.version}{suffix}.window"
             self._windows[key] = DriftWindow(reference, self.window_images, path) if reference else None
         return self._windows[key]
 
-    def drift_windows(self, models: list[LoadedModel]) -> list[tuple[LoadedModel, DriftWindow]]:
-        """The shared window of each model that has a reference (empty until its first images)."""
+    def drift_windows(self, models: list[LoadedModel], role: str = "served") -> list[tuple[LoadedModel, DriftWindow]]:
+        """The shared window of each model that has a reference (empty until its first images); ``role``
+        "candidate" for versions on trial."""
         if not self.enabled:
             return []
         with self._lock:
-            pairs = [(model, self._window(model)) for model in models]
+            pairs = [(model, self._window(model, role)) for model in models]
         return [(model, window) for model, window in pairs if window is not None]
 
     def start(self, interval_seconds: float) -> threading.Thread:

@@ -32,3 +32,5 @@ def message_error_body(code: str, message: str) -> dict:
 
 # Where a protocol's body has no room for prediction ids (TF Serving), they go in this header, comma-separated.
 PREDICTION_IDS_HEADER = "X-Prediction-Ids"
+# ... and the version that answered (the current one, or its candidate as the canary) in this one.
+MODEL_VERSION_HEADER = "X-Model-Version"

@@ -1,23 +1,28 @@
 """A candidate version on trial beside the current one, on the real server: loaded and verified like any
-version, shadowed on live traffic with its figures correct across workers, refused when broken, and ended
-under load without a failed request."""
+version, shadowed on live traffic with its figures correct across workers, answering a sticky canary share when
+asked to, refused when broken, and ended under load without a failed request."""
 
 from __future__ import annotations
 
+import base64
 import shutil
 import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 import requests
+import tritonclient.grpc as grpcclient
 from prometheus_client.parser import text_string_to_metric_families
 
 from contract.layout import point_candidate, point_current, read_history
 from service.inference.registry import load_version
+from service.inference.trial import in_canary
 from tests.conftest import ROOT, SHIPPED_MODELS, GunicornServer, png_bytes, publish_copy
+from tests.service.test_grpc import bytes_input, start_with_grpc
 
 SERVED, CANDIDATE = 5, 6  # two real fashion_mnist versions, both shipped
 
@@ -122,5 +127,84 @@ def test_a_broken_candidate_is_refused_and_ending_a_trial_under_load_fails_no_re
         for thread in threads:
             thread.join(60)
         assert len(results) > 50 and set(results) == {(200, SERVED)}
+    finally:
+        server.stop()
+
+
+def metric_values(server, name: str) -> list:
+    text = requests.get(server.url + "/metrics", timeout=30).text
+    return [sample for family in text_string_to_metric_families(text) for sample in family.samples
+            if sample.name == name]
+
+
+def test_a_canary_answers_its_share_of_inputs_sticky_by_prediction_id_and_says_so_in_every_protocol(
+        models_dir, fashion):
+    point_candidate(models_dir, "fashion_mnist", CANDIDATE)
+    server = start_with_grpc(models_dir, workers=2, CANARY_PERCENT="20")
+    try:
+        assert wait_for(lambda: (detail(server)["candidate"] or {}).get("version") == CANDIDATE)
+        time.sleep(1.5)  # every worker and gRPC process has loaded it
+        images = [png_bytes(pixels) for pixels in fashion.x_test[:2000]]
+        session = requests.Session()
+
+        def native(image: bytes) -> tuple[str, int, list]:
+            body = session.post(server.url + "/predict", files={"image": image}, timeout=30).json()
+            prediction = body["predictions"][0]
+            return prediction["id"], body["version"], prediction["probabilities"]
+
+        with ThreadPoolExecutor(4) as pool:
+            answers = list(pool.map(native, images))
+        ids = [answer[0] for answer in answers]
+        distinct = len(set(ids))
+        by_candidate = sum(version == CANDIDATE for _, version, _ in answers)
+        assert {version for _, version, _ in answers} == {SERVED, CANDIDATE}
+        share = by_candidate / len(answers)
+        assert 0.17 <= share <= 0.23, share  # 2,000 requests: within 3 points of CANARY_PERCENT
+        # Which version answered is a function of the input: the pure rule the server follows, and the same
+        # again on retry, on any worker (new connections) and in every protocol.
+        assert all((version == CANDIDATE) == in_canary(id_, 20) for id_, version, _ in answers)
+        assert distinct > 1900
+        retried = list(range(0, 2000, 10))
+        for index in retried:
+            assert native(images[index])[:2] == answers[index][:2]
+            v2 = requests.post(server.url + "/v2/models/fashion_mnist/infer", timeout=30, json={"inputs": [
+                {"name": "image", "shape": [1], "datatype": "BYTES", "data": [base64.b64encode(images[index]).decode()]}]})
+            assert v2.status_code == 200, v2.text
+            assert v2.json()["model_version"] == str(answers[index][1])
+        grpc_client = grpcclient.InferenceServerClient(server.grpc_target)
+        pixels = fashion.x_test[:2000].astype(np.float32) / np.float32(255.0)
+        for index in retried[:50]:
+            result = grpc_client.infer("fashion_mnist", [bytes_input([images[index]])])
+            assert result.get_response().model_version == str(answers[index][1])
+            tf = requests.post(server.url + "/v1/models/fashion_mnist:predict", timeout=30,
+                               json={"instances": [pixels[index].tolist()]})
+            assert tf.headers["X-Model-Version"] == str(answers[index][1])
+            assert tf.headers["X-Prediction-Ids"] == ids[index]
+
+        # The canary's answers are the candidate's own probabilities.
+        trial = load_version(models_dir, "fashion_mnist", CANDIDATE, "auto").runtime.run(pixels)[0]
+        served = load_version(models_dir, "fashion_mnist", SERVED, "auto").runtime.run(pixels)[0]
+        for index, (_, version, probabilities) in enumerate(answers[:300]):
+            expected = trial if version == CANDIDATE else served
+            np.testing.assert_allclose(probabilities, expected[index], atol=1e-5)
+
+        # A request that names its version is never moved to the canary.
+        for index in retried[:40]:
+            pinned = requests.post(server.url + f"/v2/models/fashion_mnist/versions/{SERVED}/infer", timeout=30,
+                                   json={"inputs": [{"name": "pixels", "shape": [1, 28, 28], "datatype": "FP32",
+                                                     "data": pixels[index].ravel().tolist()}]})
+            assert pinned.json()["model_version"] == str(SERVED)
+
+        # Counted: the canary's images, and both versions compared on every request whichever answered.
+        canary = sum(s.value for s in metric_values(server, "classifier_canary_images_total"))
+        assert canary >= by_candidate
+        figures = detail(server)["candidate"]
+        assert figures["canary_percent"] == 20
+        assert figures["shadow"]["images"] >= len(answers) + len(retried)  # SHADOW_FRACTION=1: every request
+        assert 0.5 < figures["shadow"]["agreement"] < 1
+        psi = {s.labels["signal"]: s.value for s in metric_values(server, "classifier_candidate_drift_psi")
+               if s.labels["candidate"] == str(CANDIDATE)}
+        assert set(psi) == {"mean_intensity", "contrast", "predicted_class"} and all(v >= 0 for v in psi.values())
+        assert figures["shadow"]["drift_psi"].keys() == psi.keys()
     finally:
         server.stop()

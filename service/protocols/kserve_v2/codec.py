@@ -272,20 +272,22 @@ def requested_output(name, binary, classification) -> RequestedOutput:
 
 # --- running it ---------------------------------------------------------------------------------------------
 
-def run_inference(inference: Inference, model: LoadedModel, request: InferRequest,
+def run_inference(inference: Inference, model: LoadedModel, request: InferRequest, pinned: bool = False,
                   ) -> tuple[tuple[RequestedOutput, ...], Classified, list[PredictionSet] | None]:
     """What both transports do with a parsed request: its options and outputs checked against the version, then
-    the one inference path; (the outputs to answer, what was classified, the prediction sets if asked for)."""
+    the one inference path; (the outputs to answer, what was classified, the prediction sets if asked for).
+    ``pinned``: the request named its version. The answer is encoded for ``classified.model``, the version that
+    answered."""
     options = parse_set_options(request.set_parameters.get("coverage"), request.set_parameters.get("guarantee"),
                                 request.set_parameters.get("abstain_above"), model)
     outputs = request.resolved_outputs(options, model.uncertainty.ood_reference is not None)
     if request.input.datatype == "BYTES":
         if not request.input.value:
             raise InvalidTensor(f"input {IMAGE_INPUT!r} holds no images")
-        classified = inference.classify_images(model, request.input.value)
+        classified = inference.classify_images(model, request.input.value, pinned)
     else:
-        classified = inference.classify_pixels(model, request.input.value)
-    return outputs, classified, prediction_sets(model, classified, options)
+        classified = inference.classify_pixels(model, request.input.value, pinned)
+    return outputs, classified, prediction_sets(classified.model, classified, options)
 
 
 # --- encoding a response ------------------------------------------------------------------------------------

@@ -51,8 +51,8 @@ def blueprint(state: AppState) -> Blueprint:
         model = state.served_model(name, version)
         parsed = parse_infer_request(request.get_data(cache=False), request.headers.get(HEADER_LENGTH),
                                      settings.max_images_per_request)
-        outputs, classified, sets = run_inference(state.inference, model, parsed)
-        body, header_length = encode_infer_response(model, parsed.id, outputs, classified, sets)
+        outputs, classified, sets = run_inference(state.inference, model, parsed, version is not None)
+        body, header_length = encode_infer_response(classified.model, parsed.id, outputs, classified, sets)
         if header_length is None:
             return Response(body, mimetype="application/json")
         return Response(body, mimetype="application/octet-stream", headers={HEADER_LENGTH: str(header_length)})

@@ -63,8 +63,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         def infer():
             model = self._model(request.model_name, request.model_version)
             parsed = codec.parse_model_infer(request, self.max_images)
-            outputs, classified, sets = rest.run_inference(self.state.inference, model, parsed)
-            return codec.encode_model_infer(model, parsed.id, outputs, classified, sets)
+            outputs, classified, sets = rest.run_inference(self.state.inference, model, parsed,
+                                                           bool(request.model_version))
+            return codec.encode_model_infer(classified.model, parsed.id, outputs, classified, sets)
         return self._serve("ModelInfer", context, infer)
 
     def _model(self, name: str, version: str):

@@ -20,7 +20,7 @@ def blueprint(state: AppState) -> Blueprint:
         include = parse_include(request.args.get("include"))
         sets = parse_sets(request.args, model)
         uploads = read_uploads(request, settings.max_images_per_request, settings.max_upload_bytes)
-        classified = state.inference.classify_images(model, uploads)
-        return jsonify(prediction_body(model, classified, top_k, "input" in include, sets))
+        classified = state.inference.classify_images(model, uploads)  # answered by a canary, names it
+        return jsonify(prediction_body(classified.model, classified, top_k, "input" in include, sets))
 
     return routes

@@ -10,7 +10,7 @@ from service.http.state import AppState
 from service.inference.classify import Classified
 from service.inference.registry import LoadedModel
 from service.inference.uncertainty import parse_set_options, prediction_sets
-from service.protocols.common import PREDICTION_IDS_HEADER
+from service.protocols.common import MODEL_VERSION_HEADER, PREDICTION_IDS_HEADER
 from service.protocols.tf_serving import codec
 
 
@@ -18,11 +18,11 @@ def blueprint(state: AppState) -> Blueprint:
     routes = Blueprint("tf_serving", __name__, url_prefix="/v1/models")
     settings = state.settings
 
-    def run(model: LoadedModel, items: list) -> Classified:
+    def run(model: LoadedModel, items: list, pinned: bool) -> Classified:
         decoded = codec.decode_instances(items, settings.max_images_per_request)
         if isinstance(decoded, list):
-            return state.inference.classify_images(model, decoded)
-        return state.inference.classify_pixels(model, decoded)
+            return state.inference.classify_images(model, decoded, pinned)
+        return state.inference.classify_pixels(model, decoded, pinned)
 
     @model_route(routes, "GET", "")
     def status(name: str, version: str | None = None):
@@ -43,22 +43,24 @@ def blueprint(state: AppState) -> Blueprint:
         model = state.served_model(name, version)
         document = codec.parse_body(request.get_data(cache=False))
         if verb == "classify":
-            classified = run(model, codec.examples(document))
-            response = jsonify({"result": codec.classify_result(model, classified.probabilities)})
+            classified = run(model, codec.examples(document), version is not None)
+            response = jsonify({"result": codec.classify_result(classified.model, classified.probabilities)})
         else:
             items, layout = codec.predict_items(document)
             options = parse_set_options(document.get("coverage"), document.get("guarantee"),
                                         document.get("abstain_above"), model)
-            classified = run(model, items)
+            classified = run(model, items, version is not None)
+            answered = classified.model  # the candidate, for a canary's share of inputs
             if options is None:
                 predictions = classified.probabilities.tolist()
             else:
-                predictions = codec.named_outputs(model, classified, prediction_sets(model, classified, options))
+                predictions = codec.named_outputs(answered, classified, prediction_sets(answered, classified, options))
                 if layout == "columnar":  # one list per output name
                     predictions = {name: [row[name] for row in predictions] for name in predictions[0]}
             response = jsonify({"predictions": predictions} if layout == "row" else {"outputs": predictions})
         # The TF Serving body has no room for ids: they travel in a header, in the order of the inputs.
         response.headers[PREDICTION_IDS_HEADER] = ",".join(classified.ids)
+        response.headers[MODEL_VERSION_HEADER] = str(classified.model.version)  # nor for the answering version
         return response
 
     return routes

@@ -68,6 +68,14 @@ def candidate_version(models_dir: Path, name: str) -> int | None:
     return _pointed(models_dir, name, CANDIDATE_POINTER)
 
 
+def candidate_since(models_dir: Path, name: str) -> float | None:
+    """When the current trial began: the ``candidate`` pointer's time of writing (it is replaced whole)."""
+    try:
+        return (model_dir(models_dir, name) / CANDIDATE_POINTER).stat().st_mtime
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+
+
 def _pointed(models_dir: Path, name: str, pointer: str) -> int | None:
     try:
         text = (model_dir(models_dir, name) / pointer).read_text().strip()

@@ -1,4 +1,4 @@
-"""Command line: ``python -m training train|evaluate|versions|retrain|trial|rollback|schedule ...``."""
+"""Command line: ``python -m training train|evaluate|versions|retrain|trial|decide|rollback|schedule ...``."""
 
 from __future__ import annotations
 
@@ -56,9 +56,26 @@ def build_parser(settings: TrainingSettings) -> argparse.ArgumentParser:
     trial = commands.add_parser("trial", help="end the trial of the version on trial: promote it or reject it")
     trial.add_argument("dataset", choices=sorted(SPECS))
     trial.add_argument("verdict", choices=("promote", "reject"))
-    trial.add_argument("--url", help="the service (e.g. http://127.0.0.1:8000): its live figures of the version "
-                                     "on trial go to the history with the decision")
+    trial.add_argument("--url", action="append", help="a replica of the service (e.g. http://127.0.0.1:8000), "
+                       "repeated for each: their live figures of the version on trial go to the history with the "
+                       "decision")
     trial.add_argument("--api-key", help="the API key to read them with, if the service needs one")
+
+    decide = commands.add_parser("decide", help="decide the trial of the version on trial on live evidence: "
+                                 "promote it if every rule holds (docs/training.md#safe-rollout), else reject it")
+    decide.add_argument("dataset", choices=sorted(SPECS))
+    decide.add_argument("--url", action="append", help="a replica whose live figures count, repeated for each "
+                        "(default: TRIAL_SERVICE_URLS)")
+    decide.add_argument("--prometheus", default=settings.trial_prometheus_url or None,
+                        help="read the figures from this Prometheus instead, summed over every replica it scrapes "
+                             "(default: TRIAL_PROMETHEUS_URL)")
+    decide.add_argument("--api-key", default=settings.trial_api_key or None,
+                        help="the API key to read the replicas' figures with (default: TRIAL_API_KEY)")
+    decide.add_argument("--min-images", type=_positive, default=settings.trial_min_images)
+    decide.add_argument("--min-agreement", type=float, default=settings.trial_min_agreement)
+    decide.add_argument("--max-confidence-change", type=float, default=settings.trial_max_confidence_change)
+    decide.add_argument("--feedback-dir", type=Path, default=None, help="default: the models folder's own")
+    decide.add_argument("--database-url", default=settings.database_url or None)
 
     rollback = commands.add_parser("rollback", help="point 'current' back at an older version")
     rollback.add_argument("dataset", choices=sorted(SPECS))
@@ -139,11 +156,27 @@ def retrain(args, settings: TrainingSettings) -> int:
 
 
 def trial(args, settings: TrainingSettings) -> int:
-    from training.retrain import end_trial, live_evidence
+    from contract.layout import candidate_version
+    from training.retrain import end_trial
+    from training.trial import figures_from_services
 
-    evidence = live_evidence(args.url, args.dataset, args.api_key) if args.url else None
+    evidence = None
+    if args.url:
+        version = candidate_version(args.models_dir, args.dataset)
+        evidence = {"version": version, "shadow": figures_from_services(args.url, args.dataset, version,
+                                                                        args.api_key).as_evidence()}
     end_trial(args.dataset, args.models_dir, args.verdict, evidence)
     return 0
+
+
+def decide(args, settings: TrainingSettings) -> int:
+    """Exit 0 when the candidate was promoted, 3 when it was rejected (a decision either way)."""
+    from training.trial import TrialRules, decide as decide_trial
+
+    rules = TrialRules(args.min_images, args.min_agreement, args.max_confidence_change)
+    decision = decide_trial(args.dataset, args.models_dir, rules, args.url or list(settings.trial_service_urls),
+                            args.prometheus, args.api_key, args.feedback_dir, args.database_url)
+    return 0 if decision.promote else 3
 
 
 def reference(args, settings: TrainingSettings) -> int:
@@ -173,6 +206,7 @@ def schedule(args, settings: TrainingSettings) -> int:
 
 
 COMMANDS = {"train": train, "evaluate": evaluate, "versions": versions, "retrain": retrain, "trial": trial,
+            "decide": decide,
             "reference": reference, "rollback": rollback, "schedule": schedule}
 
 

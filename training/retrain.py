@@ -186,9 +186,10 @@ def rollback(name: str, models_dir: Path, version: int | None = None,
 
 
 def end_trial(name: str, models_dir: Path, verdict: str, evidence: dict | None = None,
-              report: Callable[[str], None] = print) -> int:
+              report: Callable[[str], None] = print, reason: str | None = None) -> int:
     """Promote the version on trial (``verdict="promote"``: it becomes current) or reject it; either way the
-    trial ends and the decision goes to the history, with the live ``evidence`` (the service's figures) if given."""
+    trial ends and the decision goes to the history, with the live ``evidence`` (the service's figures) if given,
+    and the ``reason`` (by default: decided by hand)."""
     version = candidate_version(models_dir, name)
     if version is None:
         raise PublishError(f"{name} has no version on trial (no candidate pointer)")
@@ -199,22 +200,9 @@ def end_trial(name: str, models_dir: Path, verdict: str, evidence: dict | None =
     append_history(models_dir, name, {
         "event": "trial", "outcome": "promoted" if verdict == "promote" else "rejected", "version": version,
         "promoted": verdict == "promote", "previous": current,
-        "reason": f"{'promoted' if verdict == 'promote' else 'rejected'} after its trial beside v{current}",
+        "reason": reason or f"{'promoted' if verdict == 'promote' else 'rejected'} by hand after its trial beside "
+                            f"v{current}",
         **({"evidence": evidence} if evidence else {})})
     report(f"{name} v{version}: {'promoted, current is now v' + str(version) if verdict == 'promote' else 'rejected'}"
            f" (v{current} {'was' if verdict == 'promote' else 'stays'} current)")
     return version
-
-
-def live_evidence(url: str, name: str, api_key: str | None = None) -> dict:
-    """The service's live figures of ``name``'s version on trial (``GET /models/<name>`` → ``candidate``)."""
-    import json
-    import urllib.request
-
-    request = urllib.request.Request(f"{url.rstrip('/')}/models/{name}",
-                                     headers={"X-API-Key": api_key} if api_key else {})
-    with urllib.request.urlopen(request, timeout=30) as response:
-        candidate = json.load(response).get("candidate")
-    if candidate is None:
-        raise PublishError(f"the service at {url} has no version of {name} on trial")
-    return {"url": url, **candidate}

@@ -36,8 +36,26 @@ class TrainingSettings(Locations):
     retrain_cron: str = setting("RETRAIN_CRON", "", "a cron expression (`0 3 * * *`); wins over the interval")
     retrain_stage: str = setting("RETRAIN_STAGE", "current", "`current`: a passing candidate is promoted; "
                                  "`candidate`: it is put on trial beside the current version, shadowed by the "
-                                 "service, until `python -m training trial <dataset> promote|reject`",
-                                 choices=("current", "candidate"))
+                                 "service, until the schedule decides it after `TRIAL_SOAK` (or `python -m "
+                                 "training decide|trial <dataset>`)", choices=("current", "candidate"))
+    trial_soak_seconds: float = setting("TRIAL_SOAK", 21600.0, "how long a candidate is on trial before the "
+                                        "schedule decides it by the rules below", parse=parse_interval, shown="`6h`")
+    trial_min_images: int = setting("TRIAL_MIN_IMAGES", 1000, "a candidate is promoted only after shadowing at "
+                                    "least this many live images, all replicas together", minimum=1)
+    trial_min_agreement: float = setting("TRIAL_MIN_AGREEMENT", 0.85, "... and only if its top-1 label agrees with "
+                                         "the current version's on at least this share of them", minimum=0,
+                                         maximum=1)
+    trial_max_confidence_change: float = setting("TRIAL_MAX_CONFIDENCE_CHANGE", 0.05, "... and its mean top-1 "
+                                                 "probability on them is within this of the current version's; "
+                                                 "feedback labelled during the soak must not favour the current "
+                                                 "version either", minimum=0, maximum=1)
+    trial_service_urls: tuple[str, ...] = setting("TRIAL_SERVICE_URLS", ("http://127.0.0.1:8000",), "the "
+                                                  "replicas whose live figures are summed (comma-separated); "
+                                                  "unused with `TRIAL_PROMETHEUS_URL`")
+    trial_prometheus_url: str = setting("TRIAL_PROMETHEUS_URL", "", "a Prometheus that scrapes every replica: "
+                                        "the live figures are its sums (for replicas behind one Service)")
+    trial_api_key: str = setting("TRIAL_API_KEY", "", "the API key to read the replicas' figures with, when "
+                                 "the service needs one", shown="unset")
     retrain_at_start: bool = setting("RETRAIN_AT_START", False, "also run a round when the schedule starts")
     retrain_epochs: int | None = setting("RETRAIN_EPOCHS", None, "override the recipe's epochs (quick demos)",
                                          minimum=1, shown="the recipe's")

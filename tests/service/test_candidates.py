@@ -208,3 +208,77 @@ def test_a_canary_answers_its_share_of_inputs_sticky_by_prediction_id_and_says_s
         assert figures["shadow"]["drift_psi"].keys() == psi.keys()
     finally:
         server.stop()
+
+
+FEEDBACK_TOKEN = "trial-feedback-token-0123456789"
+
+
+def shadow_traffic(server, images) -> None:
+    for start in range(0, len(images), 25):
+        response = requests.post(server.url + "/predict", timeout=30, files=[
+            ("image", (f"{i}.png", png_bytes(p), "image/png")) for i, p in enumerate(images[start:start + 25])])
+        assert response.status_code == 200
+
+
+def test_a_trial_is_decided_on_live_evidence_by_hand_and_by_the_schedule(models_dir, fashion, monkeypatch):
+    from training.schedule import RetrainScheduler
+    from training.settings import TrainingSettings
+
+    point_candidate(models_dir, "fashion_mnist", CANDIDATE)
+    server = GunicornServer(models_dir, workers=2, FEEDBACK_TOKEN=FEEDBACK_TOKEN,
+                            FEEDBACK_DIR=str(models_dir / ".feedback")).start()
+    decide = [sys.executable, "-m", "training", "--models-dir", str(models_dir), "decide", "fashion_mnist",
+              "--url", server.url, "--min-images", "300"]
+    try:
+        assert wait_for(lambda: (detail(server)["candidate"] or {}).get("version") == CANDIDATE)
+        shadow_traffic(server, fashion.x_test[:400])
+        # Labels arrive during the soak for images the current version gets right and the candidate wrong.
+        pixels = fashion.x_test[:2000].astype(np.float32) / np.float32(255.0)
+        served = load_version(models_dir, "fashion_mnist", SERVED, "auto").runtime.run(pixels)[0].argmax(1)
+        trial = load_version(models_dir, "fashion_mnist", CANDIDATE, "auto").runtime.run(pixels)[0].argmax(1)
+        favouring_champion = np.flatnonzero((served == fashion.y_test[:2000]) & (trial != fashion.y_test[:2000]))
+        assert len(favouring_champion) >= 10
+        for index in favouring_champion[:10]:
+            answer = requests.post(server.url + "/feedback", timeout=30,
+                                   headers={"Authorization": f"Bearer {FEEDBACK_TOKEN}"},
+                                   files={"image": ("x.png", png_bytes(fashion.x_test[index]), "image/png")},
+                                   data={"label": str(int(fashion.y_test[index]))})
+            assert answer.status_code == 201, answer.text
+
+        rejected = subprocess.run(decide, cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert rejected.returncode == 3, rejected.stderr
+        record = read_history(models_dir, "fashion_mnist")[-1]
+        assert (record["event"], record["outcome"], record["version"]) == ("trial", "rejected", CANDIDATE)
+        assert record["reason"].startswith("rejected on live evidence: soak feedback: candidate right on ")
+        feedback = record["evidence"]["feedback"]  # judged by the Keras models, near-ties may fall either way
+        assert feedback["samples"] == 10 and feedback["candidate_correct"] < feedback["champion_correct"]
+        assert record["evidence"]["shadow"]["images"] == 400
+        assert wait_for(lambda: detail(server)["candidate"] is None)
+
+        # The next candidate, and no feedback during its soak: the schedule decides it when the soak is over.
+        publish_copy(models_dir, "fashion_mnist", CANDIDATE, 7, promote=False)
+        point_candidate(models_dir, "fashion_mnist", 7)
+        assert wait_for(lambda: (detail(server)["candidate"] or {}).get("version") == 7)
+        time.sleep(1)  # every worker has it
+        shadow_traffic(server, fashion.x_test[400:800])
+        for name, value in {"TRIAL_SERVICE_URLS": server.url, "TRIAL_MIN_IMAGES": "300",
+                            "FEEDBACK_DIR": str(models_dir / ".feedback")}.items():
+            monkeypatch.setenv(name, value)
+        scheduler = RetrainScheduler(TrainingSettings.from_env(models_dir=models_dir, trial_soak_seconds=0,
+                                                               retrain_datasets=("fashion_mnist",)))
+        assert scheduler.decide_due() == {"fashion_mnist": 0}
+        record = read_history(models_dir, "fashion_mnist")[-1]
+        assert (record["event"], record["outcome"], record["version"], record["previous"]) == \
+            ("trial", "promoted", 7, SERVED)
+        assert record["reason"].startswith("promoted on live evidence: 400 images shadowed (at least 300)")
+        assert record["evidence"]["feedback"]["samples"] == 0
+        assert record["evidence"]["shadow"]["sources"] == [server.url]
+        assert wait_for(lambda: detail(server)["version"] == 7 and detail(server)["candidate"] is None)
+        card = requests.get(server.url + "/models/fashion_mnist/files/MODEL_CARD.md", timeout=30)
+        assert card.headers["Content-Type"].startswith("text/markdown")
+        assert "## Live trial" in card.text and "promoted on live evidence" in card.text
+        assert "400 images; top-1 agreement" in card.text
+        events = requests.get(server.url + "/models/fashion_mnist/history", timeout=30).json()["events"]
+        assert [e["outcome"] for e in events[:2]] == ["promoted", "rejected"]
+    finally:
+        server.stop()

@@ -99,7 +99,7 @@ class Inference:
         if route.canary:
             metrics.series(metrics.CANARY_IMAGES, model.name, str(model.version)).inc(len(batch))
         if route.shadow is not None:
-            self._shadow(route, batch, probabilities, predicted)
+            self._shadow(route, batch, probabilities)
         scores = ood_scores(model.uncertainty, batch, distance)
         # Under the version asked for: the monitor's drift window is of what the model's name answered.
         self.monitor.observe(requested, batch, probabilities, predicted, uploads, scores[1] if scores else None)
@@ -108,19 +108,18 @@ class Inference:
             self.keep_inputs(model, classified, predicted)
         return classified
 
-    def _shadow(self, route: Route, batch: np.ndarray, probabilities: np.ndarray, predicted: list[int]) -> None:
+    def _shadow(self, route: Route, batch: np.ndarray, probabilities: np.ndarray) -> None:
         """The same inputs through the other version, in the same request: one more runtime call on a batch
-        already decoded (tens of microseconds), its answer recorded, never sent; a failure never fails the
+        already decoded (tens of microseconds; running it after the answer is sent cost more, see
+        docs/performance.md), its answer queued for the monitor to count, never sent; a failure never fails the
         request it shadows. The figures always compare the candidate with the current version, whichever
         answered."""
         try:
             other, _ = route.shadow.runtime.run(batch)
             if route.canary:
-                metrics.record_shadow(route.shadow, route.answering, other, probabilities)
+                self.monitor.observe_shadow(route.shadow, route.answering, batch, other, probabilities)
             else:
-                metrics.record_shadow(route.answering, route.shadow, probabilities, other)
-            candidate = route.answering if route.canary else route.shadow
-            self.monitor.observe_candidate(candidate, batch, probabilities if route.canary else other)
+                self.monitor.observe_shadow(route.answering, route.shadow, batch, probabilities, other)
         except Exception:
             log.exception("shadowing %s v%s with v%s failed", route.answering.name, route.answering.version,
                           route.shadow.version)

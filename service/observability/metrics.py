@@ -7,6 +7,7 @@ published model names and their classes, status codes, protocol names.
 
 from __future__ import annotations
 
+import collections
 import functools
 import os
 
@@ -272,8 +273,8 @@ def record_shadow(model, candidate, served, shadowed) -> None:
     series(SHADOW_AGREEMENTS, name, version).inc(sum(a == b for a, b in zip(predicted, trial)))
     series(SHADOW_TOP1, name, version, "served").inc(float(served.max(axis=1).sum()))
     series(SHADOW_TOP1, name, version, "candidate").inc(float(shadowed.max(axis=1).sum()))
-    for a, b in zip(predicted, trial):
-        series(SHADOW_LABELS, name, version, model.classes[a], candidate.classes[b]).inc()
+    for (a, b), count in collections.Counter(zip(predicted, trial)).items():
+        series(SHADOW_LABELS, name, version, model.classes[a], candidate.classes[b]).inc(count)
 
 
 def shadow_figures(model: str, candidate: int) -> dict:

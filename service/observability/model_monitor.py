@@ -58,7 +58,16 @@ class Observation(NamedTuple):
     predicted: list[int]
     uploads: list[UploadFacts] | None
     ood_p_values: np.ndarray | None
-    role: str = "served"  # or "candidate": a candidate's answers, which only its own drift window records
+
+
+class Shadowed(NamedTuple):
+    """One batch also run through the candidate, queued until the next flush."""
+
+    model: LoadedModel
+    candidate: LoadedModel
+    batch: np.ndarray
+    served: np.ndarray
+    shadowed: np.ndarray
 
 
 class ModelMonitor:
@@ -72,6 +81,7 @@ class ModelMonitor:
         self.shared_dir = shared_dir
         self._windows: dict[tuple[str, int, str], DriftWindow | None] = {}
         self._queued: list[Observation] = []
+        self._shadowed: list[Shadowed] = []
         self._queued_images = 0
         self._lock = threading.Lock()
 
@@ -86,16 +96,15 @@ class ModelMonitor:
             if self._queued_images >= FLUSH_EVERY_IMAGES:
                 self._flush_locked()
 
-    def observe_candidate(self, candidate: LoadedModel, batch: np.ndarray, probabilities: np.ndarray) -> None:
-        """A candidate's answers on the inputs it shadowed (or answered as the canary): recorded only in its own
-        drift window, against its own reference, so its drift PSI is measured on the same inputs as the served
-        version's and never mixes into the served figures."""
-        if not self.enabled:
-            return
-        predicted = probabilities.argmax(axis=1).tolist()
+    def observe_shadow(self, model: LoadedModel, candidate: LoadedModel, batch: np.ndarray, served: np.ndarray,
+                       shadowed: np.ndarray) -> None:
+        """One batch run through both the current version (``served``: its probabilities) and its candidate,
+        whichever answered: queued like every observation, then counted at once (``metrics.record_shadow``) and
+        added to the candidate's own drift window, so its drift PSI is measured on the same inputs as the served
+        version's. Counted even with input monitoring off: a trial's evidence is not optional."""
         with self._lock:
-            self._queued.append(Observation(candidate, batch, probabilities, predicted, None, None, "candidate"))
-            self._queued_images += len(predicted)
+            self._shadowed.append(Shadowed(model, candidate, batch, served, shadowed))
+            self._queued_images += len(batch)
             if self._queued_images >= FLUSH_EVERY_IMAGES:
                 self._flush_locked()
 
@@ -106,17 +115,26 @@ class ModelMonitor:
 
     def _flush_locked(self) -> None:
         queued, self._queued, self._queued_images = self._queued, [], 0
-        by_version: dict[tuple[str, int, str], list[Observation]] = {}
-        for o in queued:
-            by_version.setdefault((o.model.name, o.model.version, o.role), []).append(o)
-        for (_, _, role), observations in by_version.items():
-            if role == "candidate":
-                batch = np.concatenate([o.batch for o in observations])
-                window = self._window(observations[0].model, role)
-                if window is not None:
-                    window.add(*image_statistics(batch), [index for o in observations for index in o.predicted])
-            else:
-                self._record(observations)
+        shadowed, self._shadowed = self._shadowed, []
+        by_version: dict[tuple[str, int], list[Observation]] = {}
+        for observation in queued:
+            by_version.setdefault((observation.model.name, observation.model.version), []).append(observation)
+        for observations in by_version.values():
+            self._record(observations)
+        by_trial: dict[tuple[str, int, int], list[Shadowed]] = {}
+        for item in shadowed:
+            by_trial.setdefault((item.model.name, item.model.version, item.candidate.version), []).append(item)
+        for items in by_trial.values():
+            self._record_shadow(items)
+
+    def _record_shadow(self, items: list[Shadowed]) -> None:
+        candidate = items[0].candidate
+        shadowed = np.concatenate([item.shadowed for item in items])
+        metrics.record_shadow(items[0].model, candidate, np.concatenate([item.served for item in items]), shadowed)
+        window = self._window(candidate, "candidate") if self.enabled else None
+        if window is not None:
+            window.add(*image_statistics(np.concatenate([item.batch for item in items])),
+                       shadowed.argmax(axis=1).tolist())
 
     def _record(self, observations: list[Observation]) -> None:
         """The queued batches of one model version, recorded at once."""

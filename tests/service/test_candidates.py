@@ -67,8 +67,9 @@ def test_a_candidate_is_shadowed_on_live_traffic_and_its_figures_add_up_across_w
         agreement = float((served.argmax(1) == trial.argmax(1)).mean())
         assert 0.5 < agreement < 1  # two different versions, mostly agreeing: the figure can tell them apart
 
+        # Each worker counts its shadowed images in batches, at least every reload interval.
+        assert wait_for(lambda: detail(server)["candidate"]["shadow"]["images"] == 300)
         figures = detail(server)["candidate"]
-        assert figures["shadow"]["images"] == 300
         assert figures["shadow"]["agreement"] == pytest.approx(agreement, abs=1e-9)
         assert figures["shadow"]["mean_top1"]["served"] == pytest.approx(float(served.max(1).mean()), abs=1e-5)
         assert figures["shadow"]["mean_top1"]["candidate"] == pytest.approx(float(trial.max(1).mean()), abs=1e-5)
@@ -95,38 +96,64 @@ def test_a_candidate_is_shadowed_on_live_traffic_and_its_figures_add_up_across_w
         server.stop()
 
 
-def test_a_broken_candidate_is_refused_and_ending_a_trial_under_load_fails_no_request(models_dir, fashion):
+def test_a_broken_candidate_is_refused_and_a_trial_under_load_fails_no_request(models_dir, fashion):
+    """Loaded, shadowed, canaried, rejected, loaded again and promoted, under load from four clients: every answer
+    is a 200 from a version that was serving at the time."""
     publish_copy(models_dir, "fashion_mnist", CANDIDATE, 7, damage="tampered", promote=False)
     point_candidate(models_dir, "fashion_mnist", 7)
-    server = GunicornServer(models_dir, workers=2).start()
+    server = GunicornServer(models_dir, workers=2, CANARY_PERCENT="50").start()
     try:
         body = detail(server)
         assert body["candidate"] is None and "does not match its recorded hash" in body["candidate_refused"]
         assert body["version"] == SERVED
 
-        results, stop = [], threading.Event()
-        image = png_bytes(fashion.x_test[0])
+        results, stop, phase = [], threading.Event(), ["refused"]
+        images = [png_bytes(pixels) for pixels in fashion.x_test[:16]]  # about half of them canaried
 
-        def load():
-            deadline = time.monotonic() + 30
+        def load(offset):
+            deadline = time.monotonic() + 60
+            session = requests.Session()
             while not stop.is_set() and time.monotonic() < deadline:
-                response = requests.post(server.url + "/predict", files={"image": image}, timeout=10)
-                results.append((response.status_code, response.json().get("version")))
+                offset += 1
+                response = session.post(server.url + "/predict", files={"image": images[offset % 16]}, timeout=10)
+                results.append((phase[0], response.status_code, response.json().get("version")))
 
-        threads = [threading.Thread(target=load) for _ in range(4)]
+        threads = [threading.Thread(target=load, args=(n * 4,)) for n in range(4)]
         for thread in threads:
             thread.start()
+
+        def settle(condition, name):
+            """Once every worker is there, label the answers that follow ``name`` (until then, "moving")."""
+            assert wait_for(condition)
+            time.sleep(1)  # two reload intervals: every worker is there
+            phase[0] = name
+            time.sleep(1.5)
+
+        phase[0] = "moving"
         point_candidate(models_dir, "fashion_mnist", CANDIDATE)  # a good one: on trial
-        assert wait_for(lambda: (detail(server)["candidate"] or {}).get("version") == CANDIDATE)
-        time.sleep(1)  # two reload intervals: every worker has it
-        assert wait_for(lambda: (detail(server)["candidate"] or {"shadow": {"images": 0}})["shadow"]["images"] > 20)
-        point_candidate(models_dir, "fashion_mnist", None)  # and the trial ends
-        assert wait_for(lambda: detail(server)["candidate"] is None)
-        time.sleep(1)  # every worker has looked again
+        settle(lambda: (detail(server)["candidate"] or {}).get("version") == CANDIDATE, "trial")
+        phase[0] = "moving"
+        point_candidate(models_dir, "fashion_mnist", None)  # rejected
+        settle(lambda: detail(server)["candidate"] is None, "rejected")
+        phase[0] = "moving"
+        point_candidate(models_dir, "fashion_mnist", CANDIDATE)  # on trial again, then promoted (as end_trial does)
+        settle(lambda: (detail(server)["candidate"] or {}).get("version") == CANDIDATE, "trial again")
+        phase[0] = "moving"
+        point_current(models_dir, "fashion_mnist", CANDIDATE)
+        point_candidate(models_dir, "fashion_mnist", None)
+        settle(lambda: detail(server)["version"] == CANDIDATE and detail(server)["candidate"] is None, "promoted")
         stop.set()
         for thread in threads:
             thread.join(60)
-        assert len(results) > 50 and set(results) == {(200, SERVED)}
+
+        assert {status for _, status, _ in results} == {200}
+        versions = {}
+        for name, _, version in results:
+            versions.setdefault(name, set()).add(version)
+        assert versions["refused"] == versions["rejected"] == {SERVED}
+        assert versions["trial"] == versions["trial again"] == {SERVED, CANDIDATE}  # the canary answers its share
+        assert versions["promoted"] == {CANDIDATE}
+        assert len(results) > 200
     finally:
         server.stop()
 
@@ -232,6 +259,7 @@ def test_a_trial_is_decided_on_live_evidence_by_hand_and_by_the_schedule(models_
     try:
         assert wait_for(lambda: (detail(server)["candidate"] or {}).get("version") == CANDIDATE)
         shadow_traffic(server, fashion.x_test[:400])
+        assert wait_for(lambda: detail(server)["candidate"]["shadow"]["images"] == 400)
         # Labels arrive during the soak for images the current version gets right and the candidate wrong.
         pixels = fashion.x_test[:2000].astype(np.float32) / np.float32(255.0)
         served = load_version(models_dir, "fashion_mnist", SERVED, "auto").runtime.run(pixels)[0].argmax(1)
@@ -261,6 +289,7 @@ def test_a_trial_is_decided_on_live_evidence_by_hand_and_by_the_schedule(models_
         assert wait_for(lambda: (detail(server)["candidate"] or {}).get("version") == 7)
         time.sleep(1)  # every worker has it
         shadow_traffic(server, fashion.x_test[400:800])
+        assert wait_for(lambda: detail(server)["candidate"]["shadow"]["images"] == 400)
         for name, value in {"TRIAL_SERVICE_URLS": server.url, "TRIAL_MIN_IMAGES": "300",
                             "FEEDBACK_DIR": str(models_dir / ".feedback")}.items():
             monkeypatch.setenv(name, value)

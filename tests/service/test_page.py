@@ -328,3 +328,29 @@ def test_the_page_asks_for_an_api_key_refuses_a_wrong_one_and_classifies_with_th
     assert not browser.find_element(By.ID, "api-key").is_displayed()
     assert not browser.find_element(By.ID, "page-error").is_displayed()
     assert policy_violations(browser) == []
+
+
+def test_the_card_shows_a_version_on_trial_and_the_history_its_decision(browser, tmp_path, fashion):
+    from contract.layout import append_history, point_candidate, point_current
+    from tests.conftest import SHIPPED_MODELS, GunicornServer
+
+    models_dir = tmp_path / "models"
+    shutil.copytree(SHIPPED_MODELS / "fashion_mnist", models_dir / "fashion_mnist")
+    point_current(models_dir, "fashion_mnist", 5)
+    point_candidate(models_dir, "fashion_mnist", 6)
+    append_history(models_dir, "fashion_mnist", {"event": "trial", "outcome": "rejected", "version": 4,
+                                                 "promoted": False, "reason": "rejected on live evidence: test"})
+    server = GunicornServer(models_dir, workers=1, CANARY_PERCENT="10").start()
+    try:
+        requests.post(server.url + "/predict", timeout=30, files=[
+            ("image", (f"{i}.png", png_bytes(p), "image/png")) for i, p in enumerate(fashion.x_test[:20])])
+        browser.get(server.url + "/")
+        # One worker, which counts what it has shadowed before it answers /models/<name>: all 20 images.
+        text = wait_for(browser, lambda d: d.find_elements(By.ID, "card-trial"), "no trial shown")[0].text
+        assert text.startswith("v6: 20 live images shadowed, top-1 agreement ")
+        assert text.endswith("answering 10% of inputs as the canary")
+        rows = browser.find_elements(By.CSS_SELECTOR, "#history tbody tr")
+        assert "rejected on live evidence: test" in rows[0].text
+        screenshot(browser, "trial")
+    finally:
+        server.stop()

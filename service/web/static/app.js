@@ -121,6 +121,18 @@ async function loadModels() {
   await showCard(select.value);
 }
 
+// The version on trial beside the served one, if any: what it has done on live traffic so far.
+function trialRows(candidate) {
+  if (!candidate) return [];
+  const shadow = candidate.shadow;
+  const live = shadow.images ? `${shadow.images.toLocaleString()} live images shadowed, top-1 agreement ` +
+    `${percent(shadow.agreement, 1)}, mean top-1 probability ${percent(shadow.mean_top1.candidate, 1)} ` +
+    `(served: ${percent(shadow.mean_top1.served, 1)})` : "no live images shadowed yet";
+  const canary = candidate.canary_percent ? `; answering ${candidate.canary_percent}% of inputs as the canary` : "";
+  return [element("dt", {text: "on trial"}),
+    element("dd", {id: "card-trial", text: `v${candidate.version}: ${live}${canary}`})];
+}
+
 async function showCard(name) {
   const [detailResponse, historyResponse] = await Promise.all([
     callApi(`models/${encodeURIComponent(name)}`), callApi(`models/${encodeURIComponent(name)}/history`)]);
@@ -135,7 +147,8 @@ async function showCard(name) {
       `(${model.runtime}), ${percent(test.accuracy, 2)} Keras, on ${test.samples.toLocaleString()} test images`}),
     element("dt", {text: "input"}),
     element("dd", {text: `${model.input.shape.join("x")} ${model.input.color_mode}, values in [0, 1]`}),
-    element("dt", {text: "classes"}), element("dd", {text: model.classes.join(", ")})));
+    element("dt", {text: "classes"}), element("dd", {text: model.classes.join(", ")}),
+    ...trialRows(model.candidate)));
   $("#per-class tbody").replaceChildren(...test.per_class.map((row) => element("tr", {},
     element("td", {text: row.class}), element("td", {text: percent(row.precision)}),
     element("td", {text: percent(row.recall)}), element("td", {text: percent(row.f1)}))));

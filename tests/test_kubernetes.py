@@ -1,6 +1,7 @@
 """deploy/kubernetes: every kustomization rendered by kubectl and checked object by object, then the rendered api
 Deployment and models PVC played with podman (as pods: podman 4.3 plays Pods, Deployments and PVCs), several
-replicas on one models volume, all switching to a newly promoted version."""
+replicas on one models volume, all switching to a newly promoted version, then all loading a candidate on trial,
+shadowing it, and switching to it once it is decided on their summed live figures."""
 
 from __future__ import annotations
 
@@ -16,9 +17,10 @@ import pytest
 import requests
 import yaml
 
-from contract.layout import current_version
+from contract.layout import current_version, point_candidate, read_history
 from service.settings import ENVIRONMENT
 from tests.conftest import ROOT, SHIPPED_MODELS, free_port, png_bytes, publish_copy, wait_until_ready
+from training.trial import TrialRules, decide
 
 KUSTOMIZE = ROOT / "deploy" / "kubernetes"
 KUSTOMIZATIONS = ["base", "overlays/baked-models", "overlays/online-data", "kserve"]
@@ -241,6 +243,25 @@ def test_played_replicas_share_the_models_volume_and_all_switch_to_a_promoted_ve
         print(f"{replicas} replicas, MODEL_RELOAD_SECONDS={reload_seconds:g}: switched after "
               + ", ".join(f"{seconds:.2f} s" for seconds in sorted(switched.values())))
         assert len(switched) == len(urls), f"not every replica switched:\n{logs(prefix)}"
+
+        # A candidate on trial on the shared volume: every replica loads it and shadows its own traffic; the
+        # decision sums the replicas' live figures, and every replica then serves it.
+        publish_copy(volume, "fashion_mnist", shipped, shipped + 2, promote=False)
+        point_candidate(volume, "fashion_mnist", shipped + 2)
+        assert converge(urls, lambda url: (detail(url)["candidate"] or {}).get("version") == shipped + 2,
+                        reload_seconds), f"not every replica put it on trial:\n{logs(prefix)}"
+        time.sleep(reload_seconds * 2)  # every worker of every replica has it
+        for url in urls:
+            for start in range(0, 60, 20):
+                files = [("image", (f"{i}.png", png_bytes(p))) for i, p in enumerate(fashion.x_test[start:start + 20])]
+                assert requests.post(url + "/predict", files=files, timeout=30).status_code == 200
+        assert converge(urls, lambda url: detail(url)["candidate"]["shadow"]["images"] == 60, reload_seconds)
+        decision = decide("fashion_mnist", volume, TrialRules(min_images=len(urls) * 60), service_urls=urls,
+                          report=lambda line: None)
+        assert decision.promote, decision.reason
+        assert read_history(volume, "fashion_mnist")[-1]["evidence"]["shadow"]["images"] == len(urls) * 60
+        assert converge(urls, lambda url: detail(url)["version"] == shipped + 2 and detail(url)["candidate"] is None,
+                        reload_seconds), f"not every replica promoted it:\n{logs(prefix)}"
     finally:
         for manifest in played:
             podman("kube", "down", str(manifest), check=False)
@@ -251,7 +272,21 @@ def test_played_replicas_share_the_models_volume_and_all_switch_to_a_promoted_ve
 
 
 def served_version(url: str) -> int:
-    return requests.get(url + "/models/fashion_mnist", timeout=5).json()["version"]
+    return detail(url)["version"]
+
+
+def detail(url: str) -> dict:
+    return requests.get(url + "/models/fashion_mnist", timeout=5).json()
+
+
+def converge(urls: list[str], condition, reload_seconds: float) -> bool:
+    """Whether every replica meets ``condition`` within a few reload intervals."""
+    deadline = time.monotonic() + reload_seconds * 3 + 30
+    while time.monotonic() < deadline:
+        if all(condition(url) for url in urls):
+            return True
+        time.sleep(0.2)
+    return False
 
 
 def logs(prefix: str) -> str:

@@ -606,6 +606,19 @@ def served_model_file(models_dir: Path, name: str) -> Path:
     return folder / read_metadata(folder).runtimes[kind].file
 
 
+def models_on_trial(models_dir: Path, workdir: Path) -> Path:
+    """A copy of the models folder with each model's other published version on trial beside its current one."""
+    from contract.layout import current_version, list_versions, point_candidate, published_models
+
+    folder = workdir / "models-on-trial"
+    shutil.copytree(models_dir, folder, dirs_exist_ok=True)
+    for name in published_models(folder):
+        others = [v for v in list_versions(folder, name) if v != current_version(folder, name)]
+        if others:
+            point_candidate(folder, name, others[-1])
+    return folder
+
+
 def request_path_part(args, images, workdir: Path) -> tuple[dict, dict]:
     """Part 1: the service, the service without input monitoring, the bare app and the fixed-answer app on both
     models; figures and summary."""
@@ -615,6 +628,8 @@ def request_path_part(args, images, workdir: Path) -> tuple[dict, dict]:
                for name, (blobs, kind, _) in images.items()}
     servers = {"service": Server(None, args.workers, args.models_dir),
                "unmonitored": Server(None, args.workers, args.models_dir, INPUT_MONITORING="off"),
+               # Each model with a version on trial, every request shadowed: what a trial costs the caller.
+               "shadowed": Server(None, args.workers, models_on_trial(args.models_dir, workdir)),
                "bare": Server("bench.bare_app:create_app()", args.workers, args.models_dir),
                # The same bare app under gunicorn's own sync worker: the fastest Flask + gunicorn go here, so
                # the service's ratio to it shows what the front door's worker costs.
@@ -652,6 +667,9 @@ def request_path_part(args, images, workdir: Path) -> tuple[dict, dict]:
             "p99_ratio_bare_sync": paired_ratio(runs, name, "service", "p99_ms", baseline="bare_sync"),
             # What input statistics, confidence and drift tracking cost: the service against itself without them.
             "monitoring_throughput_ratio": paired_ratio(runs, name, "service", "rps", baseline="unmonitored"),
+            # What shadowing a candidate on trial costs (docs/training.md#safe-rollout...): p99 within 1.2x.
+            "shadow_throughput_ratio": paired_ratio(runs, name, "shadowed", "rps", baseline="service"),
+            "shadow_p99_ratio": paired_ratio(runs, name, "shadowed", "p99_ms", baseline="service"),
             "p99_ratio": paired_ratio(runs, name, "service", "p99_ms"),
             "batch32": {"requests_per_s": batch["rps"], "images_per_s": batch["rps"] * 32,
                         "per_image_cost_vs_single": rows["service"]["rps"] / (batch["rps"] * 32),
@@ -664,7 +682,9 @@ def request_path_part(args, images, workdir: Path) -> tuple[dict, dict]:
               f"{format_ratio(figures['throughput_ratio_fixed_answer'])}\n{'':>17}to the bare app under gunicorn's "
               f"sync worker: throughput {format_ratio(figures['throughput_ratio_bare_sync'])}  p99 "
               f"{format_ratio(figures['p99_ratio_bare_sync'])}\n{'':>17}monitoring on vs off: throughput "
-              f"{format_ratio(figures['monitoring_throughput_ratio'])}\n{'':>17}batch of 32: "
+              f"{format_ratio(figures['monitoring_throughput_ratio'])}\n{'':>17}a candidate shadowed vs none: "
+              f"throughput {format_ratio(figures['shadow_throughput_ratio'])}  p99 "
+              f"{format_ratio(figures['shadow_p99_ratio'])}\n{'':>17}batch of 32: "
               f"{figures['batch32']['images_per_s']:.0f} images/s, per-image cost "
               f"{figures['batch32']['per_image_cost_vs_single']:.3f}x a single-image request")
     print(f"RSS, master + {args.workers} workers: service {memory['service']:.0f} MB, bare {memory['bare']:.0f} MB")

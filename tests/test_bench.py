@@ -172,3 +172,18 @@ def test_the_bare_wsgi_app_reads_the_whole_upload_without_a_framework():
     response = client.post("/predict", data=b"x" * 1000, headers={"Content-Type": "image/png"})
     assert response.status_code == 200 and response.json == {"ok": True, "bytes": 1000}
     assert client.get("/readyz").json == {"status": "ready"}
+
+
+def test_the_shadowed_server_has_a_version_on_trial_beside_each_current_one(tmp_path):
+    from bench.run import models_on_trial
+    from contract.layout import candidate_version, current_version
+    from service.inference.registry import ModelRegistry
+    from tests.conftest import SHIPPED_MODELS
+
+    folder = models_on_trial(SHIPPED_MODELS, tmp_path)
+    registry = ModelRegistry(folder)
+    registry.refresh()
+    for name in ("fashion_mnist", "cifar10", "mnist"):
+        assert candidate_version(folder, name) not in (None, current_version(folder, name))
+        assert registry.candidate(name).version == candidate_version(folder, name)  # loaded and verified
+    assert candidate_version(SHIPPED_MODELS, "fashion_mnist") is None  # the shipped folder is untouched

@@ -152,17 +152,19 @@ def wait_for(check, seconds: float = 60):
 
 
 class Prometheus:
-    """Debian's Prometheus with the project's prometheus.yml, scraping one live service every second.
+    """Debian's Prometheus with the project's prometheus.yml, scraping live services (one, or several replicas)
+    every second.
 
     ``rules_dir``: the rule files to load instead of monitoring/rules (a copy whose ``for:`` is shortened)."""
 
-    def __init__(self, service_port: int, rules_dir: Path | None = None):
+    def __init__(self, service_port: int | list[int], rules_dir: Path | None = None):
+        ports = [service_port] if isinstance(service_port, int) else service_port
         binary = _require("prometheus")
         config = yaml.safe_load((MONITORING / "prometheus.yml").read_text())
         config["global"] |= {"scrape_interval": "1s", "evaluation_interval": "1s"}
         rules = rules_dir or MONITORING / "rules"
         config["rule_files"] = [str(rules / Path(pattern).name) for pattern in config["rule_files"]]
-        config["scrape_configs"][0]["static_configs"] = [{"targets": [f"127.0.0.1:{service_port}"]}]
+        config["scrape_configs"][0]["static_configs"] = [{"targets": [f"127.0.0.1:{port}" for port in ports]}]
         self.workdir = Path(tempfile.mkdtemp(prefix="prometheus-test-"))
         (self.workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
         port = free_port()
@@ -177,7 +179,7 @@ class Prometheus:
             targets = requests.get(self.url + "/api/v1/targets", timeout=2).json()["data"]["activeTargets"]
         except (requests.RequestException, ValueError, KeyError):
             return None
-        return targets if targets and targets[0]["health"] == "up" else None
+        return targets if targets and all(target["health"] == "up" for target in targets) else None
 
     def wait_until_scraping(self) -> list:
         targets = wait_for(self.target_up)
@@ -427,3 +429,46 @@ def test_every_alert_fires_against_the_live_service_and_none_on_in_distribution_
         prometheus.stop()
         server.stop()
     assert fired == set(alert_names())
+
+
+def test_a_trial_is_decided_on_the_figures_prometheus_sums_over_replicas(fashion, tmp_path):
+    """Two replicas on one models folder, each shadowing its own share of traffic; Prometheus scrapes both, and
+    the decision reads its sums: the same figures as the replicas' own, added up."""
+    from contract.layout import point_candidate, point_current, read_history
+    from training.trial import TrialRules, decide, figures_from_services
+
+    models_dir = tmp_path / "models"
+    shutil.copytree(SHIPPED_MODELS / "fashion_mnist", models_dir / "fashion_mnist")
+    point_current(models_dir, "fashion_mnist", 5)
+    point_candidate(models_dir, "fashion_mnist", 6)
+    replicas = [GunicornServer(models_dir, workers=2).start() for _ in range(2)]
+    prometheus = None
+    try:
+        for replica, (start, stop) in zip(replicas, [(0, 120), (120, 180)]):
+            for first in range(start, stop, 20):
+                files = [("image", (f"{i}.png", png_bytes(p), "image/png"))
+                         for i, p in enumerate(fashion.x_test[first:first + 20])]
+                assert requests.post(replica.url + "/predict", files=files, timeout=30).status_code == 200
+        urls = [replica.url for replica in replicas]
+        own = wait_for(lambda: (lambda f: f if f.images == 180 else None)(
+            figures_from_services(urls, "fashion_mnist", 6)))
+        assert own, "the replicas never counted all 180 shadowed images"
+        prometheus = Prometheus([replica.port for replica in replicas])
+        prometheus.wait_until_scraping()
+        assert wait_for(lambda: prometheus.query(
+            'sum(classifier_shadow_images_total{model="fashion_mnist",candidate="6"}) == 180'))
+
+        decision = decide("fashion_mnist", models_dir, TrialRules(min_images=150), prometheus_url=prometheus.url,
+                          report=lambda line: None)
+        assert decision.promote, decision.reason
+        shadow = read_history(models_dir, "fashion_mnist")[-1]["evidence"]["shadow"]
+        assert shadow["images"] == 180 and shadow["agreement"] == pytest.approx(own.agreement)
+        assert shadow["mean_top1"]["candidate"] == pytest.approx(own.mean_top1("candidate"), abs=1e-9)
+        assert shadow["disagreements"] == own.disagreements
+        assert sum(shadow["disagreements"].values()) == round(180 * (1 - own.agreement))
+        assert set(shadow["drift_psi"][prometheus.url]) == {"mean_intensity", "contrast", "predicted_class"}
+    finally:
+        if prometheus is not None:
+            prometheus.stop()
+        for replica in replicas:
+            replica.stop()

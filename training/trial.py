@@ -14,7 +14,7 @@ import time
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from contract.layout import candidate_since, candidate_version, current_version
@@ -45,6 +45,8 @@ class LiveFigures:
     served_top1_sum: float  # the current version's top-1 probabilities on the shadowed images, summed
     candidate_top1_sum: float
     sources: tuple[str, ...] = ()
+    disagreements: dict[str, int] = field(default_factory=dict)  # "<served label> -> <candidate label>": images
+    drift_psi: dict[str, dict[str, float] | None] = field(default_factory=dict)  # per source, the candidate's
 
     @property
     def agreement(self) -> float | None:
@@ -57,7 +59,8 @@ class LiveFigures:
     def as_evidence(self) -> dict:
         return {"images": self.images, "agreement": self.agreement,
                 "mean_top1": {role: self.mean_top1(role) for role in ("served", "candidate")},
-                "sources": list(self.sources)}
+                "disagreements": dict(sorted(self.disagreements.items(), key=lambda item: -item[1])),
+                "drift_psi": self.drift_psi, "sources": list(self.sources)}
 
 
 @dataclass(frozen=True)
@@ -100,6 +103,8 @@ def figures_from_services(urls: list[str], name: str, version: int, api_key: str
     """Summed over the replicas at ``urls``, each read at ``GET /models/<name>`` (``candidate.shadow``); every one
     must report the same candidate, or the evidence is refused."""
     images = agreements = served = candidate = 0.0
+    disagreements: dict[str, int] = {}
+    drift = {}
     for url in urls:
         request = urllib.request.Request(f"{url.rstrip('/')}/models/{urllib.parse.quote(name)}",
                                          headers={"X-API-Key": api_key} if api_key else {})
@@ -110,28 +115,43 @@ def figures_from_services(urls: list[str], name: str, version: int, api_key: str
                                f"(it has {'none' if trial is None else 'v' + str(trial['version'])})")
         shadow = trial["shadow"]
         count = shadow["images"]
+        drift[url] = shadow.get("drift_psi")
+        for pair, images_of_pair in shadow.get("disagreements", {}).items():
+            disagreements[pair] = disagreements.get(pair, 0) + images_of_pair
         images += count
         if count:
             agreements += shadow["agreement"] * count
             served += shadow["mean_top1"]["served"] * count
             candidate += shadow["mean_top1"]["candidate"] * count
-    return LiveFigures(int(images), round(agreements), served, candidate, tuple(urls))
+    return LiveFigures(int(images), round(agreements), served, candidate, tuple(urls), disagreements, drift)
 
 
 def figures_from_prometheus(url: str, name: str, version: int) -> LiveFigures:
     """Summed over every replica Prometheus scrapes now. A replica's counters start again when it restarts, so a
     restarted replica's earlier images are not counted: the evidence can only fall short, never be inflated."""
 
+    def query(expression: str) -> list[dict]:
+        encoded = urllib.parse.urlencode({"query": expression})
+        with urllib.request.urlopen(f"{url.rstrip('/')}/api/v1/query?{encoded}", timeout=30) as response:
+            return json.load(response)["data"]["result"]
+
+    trial = f'model="{name}",candidate="{version}"'
+
     def total(metric: str, role: str = "") -> float:
-        labels = f'model="{name}",candidate="{version}"' + (f',role="{role}"' if role else "")
-        query = urllib.parse.urlencode({"query": f"sum({metric}{{{labels}}})"})
-        with urllib.request.urlopen(f"{url.rstrip('/')}/api/v1/query?{query}", timeout=30) as response:
-            result = json.load(response)["data"]["result"]
+        labels = trial + (f',role="{role}"' if role else "")
+        result = query(f"sum({metric}{{{labels}}})")
         return float(result[0]["value"][1]) if result else 0.0
 
+    pairs = query(f"sum by (served_label, candidate_label) (classifier_shadow_labels_total{{{trial}}})")
+    disagreements = {f"{p['metric']['served_label']} -> {p['metric']['candidate_label']}": int(float(p["value"][1]))
+                     for p in pairs if p["metric"]["served_label"] != p["metric"]["candidate_label"]}
+    # The largest over the replicas: the one whose traffic moved furthest from the candidate's training data.
+    drift = {p["metric"]["signal"]: float(p["value"][1])
+             for p in query(f"max by (signal) (classifier_candidate_drift_psi{{{trial}}})")}
     return LiveFigures(int(total("classifier_shadow_images_total")), total("classifier_shadow_agreements_total"),
                        total("classifier_shadow_top1_probability_total", "served"),
-                       total("classifier_shadow_top1_probability_total", "candidate"), (url,))
+                       total("classifier_shadow_top1_probability_total", "candidate"), (url,), disagreements,
+                       {url: drift or None})
 
 
 def soak_feedback(name: str, models_dir: Path, champion: int, candidate: int, since: float,

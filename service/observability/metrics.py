@@ -279,8 +279,9 @@ def record_shadow(model, candidate, served, shadowed) -> None:
 
 def shadow_figures(model: str, candidate: int) -> dict:
     """The candidate's live figures, all workers together: images shadowed, top-1 agreement, each version's mean
-    top-1 probability on them."""
+    top-1 probability on them, and where they disagree (``"<served label> -> <candidate label>": images``)."""
     totals = {"images": 0.0, "agreements": 0.0, "served": 0.0, "candidate": 0.0}
+    disagreements: dict[str, int] = {}
     wanted = {f"{PREFIX}_shadow_images_total": "images", f"{PREFIX}_shadow_agreements_total": "agreements"}
     for family in all_workers().collect():
         for sample in family.samples:
@@ -291,7 +292,12 @@ def shadow_figures(model: str, candidate: int) -> dict:
                 totals[wanted[sample.name]] += sample.value
             elif sample.name == f"{PREFIX}_shadow_top1_probability_total":
                 totals[labels["role"]] += sample.value
+            elif sample.name == f"{PREFIX}_shadow_labels_total" and sample.value and \
+                    labels["served_label"] != labels["candidate_label"]:
+                pair = f"{labels['served_label']} -> {labels['candidate_label']}"
+                disagreements[pair] = disagreements.get(pair, 0) + int(sample.value)
     images = totals["images"]
     return {"images": int(images),
             "agreement": totals["agreements"] / images if images else None,
-            "mean_top1": {role: totals[role] / images if images else None for role in ("served", "candidate")}}
+            "mean_top1": {role: totals[role] / images if images else None for role in ("served", "candidate")},
+            "disagreements": dict(sorted(disagreements.items(), key=lambda item: -item[1]))}

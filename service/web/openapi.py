@@ -391,7 +391,9 @@ def schemas() -> dict:
         "MessageError": {"type": "object", "required": ["error"], "description": "The standard protocols' error.",
                          "properties": {"error": {"type": "string"}}},
         "Prediction": {"type": "object", "required": ["model", "version", "predictions"], "properties": {
-            "model": {"type": "string"}, "version": {"type": "integer"},
+            "model": {"type": "string"}, "version": {"type": "integer", "description": (
+                "The version that answered: the current one, or its candidate on trial for a CANARY_PERCENT "
+                "share of inputs")},
             "predictions": {"type": "array", "items": {"type": "object", "required": ["top", "probabilities"],
                                                        "properties": {
                 "top": {"type": "array", "items": {"type": "object", "required": ["label", "index", "probability"],

@@ -17,8 +17,8 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Callable
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 
 from contract.layout import candidate_since, candidate_version
@@ -127,7 +127,6 @@ class RetrainScheduler:
             except Exception:  # a failure to even start a run must not end the schedule
                 log.exception("retrain round failed")
         log.info("scheduler stopped")
-
 
     def sleep_until_round(self, next_run: datetime) -> bool:
         """Sleep until ``next_run``, deciding each trial when its soak ends meanwhile; True when stopped. A trial

@@ -20,6 +20,7 @@ import yaml
 from contract.layout import current_version, point_candidate, read_history
 from service.settings import ENVIRONMENT
 from tests.conftest import ROOT, SHIPPED_MODELS, free_port, png_bytes, publish_copy, wait_until_ready
+from training.settings import TrainingSettings
 from training.trial import TrialRules, decide
 
 KUSTOMIZE = ROOT / "deploy" / "kubernetes"
@@ -121,9 +122,11 @@ def test_the_retrain_cronjob_retrains_every_dataset_into_the_shared_models_volum
     pod = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     assert container["image"] == TRAINING_IMAGE
-    assert "python -m training retrain" in " ".join(container["command"])
+    assert container["command"] == ["python", "-m", "training", "schedule", "--once"]  # decides due trials too
     env = env_of(container)
-    assert sorted(env["RETRAIN_DATASETS"].split()) == DATASETS
+    settings = TrainingSettings.from_env(env)  # what the job's process reads
+    assert sorted(settings.retrain_datasets) == DATASETS and settings.retrain_max_retries == 0
+    assert settings.retrain_stage == "current" and settings.trial_service_urls == ("http://api",)
     check_restricted(pod, pod["containers"])
     claims = {v["name"]: v.get("persistentVolumeClaim", {}).get("claimName") for v in pod["volumes"]}
     mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}

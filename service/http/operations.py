@@ -85,7 +85,7 @@ def describe_candidate(state: AppState, candidate: LoadedModel | None) -> dict |
     served = candidate.metadata.runtimes[candidate.runtime.kind].test_accuracy
     shadow = metrics.shadow_figures(candidate.name, candidate.version)
     windows = state.monitor.drift_windows([candidate], "candidate")
-    shadow["drift_psi"] = windows[0][1].psi() if windows and windows[0][1].filled else None
+    shadow["drift_psi"] = windows[0][1].reading()[0] if windows else None
     return {"version": candidate.version, "runtime": candidate.runtime.kind,
             "test_accuracy": candidate.metadata.test_accuracy if served is None else served,
             "shadow_fraction": state.settings.shadow_fraction, "canary_percent": state.settings.canary_percent,

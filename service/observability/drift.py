@@ -101,6 +101,12 @@ class DriftWindow:
         return {name: population_stability_index(counts[name], self.reference.expected[name].tolist())
                 for name in SIGNALS}
 
+    def reading(self) -> tuple[dict[str, float] | None, int]:
+        """One consistent reading: the PSI per signal (None while the window is empty) and how many images the
+        window holds."""
+        counts, filled = self.read()
+        return (self.psi(counts) if filled else None), filled
+
     def close(self) -> None:
         if self._fd is not None:
             os.close(self._fd)

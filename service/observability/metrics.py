@@ -192,12 +192,11 @@ def drift_families(windows: list[tuple[str, DriftWindow]]) -> list[Metric]:
     reference_images = GaugeMetricFamily(f"{PREFIX}_drift_reference_images",
                                          "Training images the drift reference was measured on", labels=["model"])
     for name, window in windows:
-        counts, filled = window.read()
+        values, filled = window.reading()
         window_images.add_metric([name], filled)
         reference_images.add_metric([name], window.reference.samples)
-        if filled:
-            for signal, value in window.psi(counts).items():
-                psi.add_metric([name, signal], value)
+        for signal, value in (values or {}).items():
+            psi.add_metric([name, signal], value)
     return [psi, window_images, reference_images]
 
 
@@ -208,10 +207,8 @@ def candidate_drift_families(windows: list[tuple[str, int, DriftWindow]]) -> lis
                             "recent inputs and answers against its training data, by signal",
                             labels=["model", "candidate", "signal"])
     for name, version, window in windows:
-        counts, filled = window.read()
-        if filled:
-            for signal, value in window.psi(counts).items():
-                psi.add_metric([name, str(version), signal], value)
+        for signal, value in (window.reading()[0] or {}).items():
+            psi.add_metric([name, str(version), signal], value)
     return [psi]
 
 

@@ -62,7 +62,8 @@ def build_parser(settings: TrainingSettings) -> argparse.ArgumentParser:
     trial.add_argument("--api-key", help="the API key to read them with, if the service needs one")
 
     decide = commands.add_parser("decide", help="decide the trial of the version on trial on live evidence: "
-                                 "promote it if every rule holds (docs/training.md#safe-rollout), else reject it")
+                                 "promote it if every rule holds (docs/training.md#safe-rollout-a-trial-on-live-traffic-before-promotion), "
+                                 "else reject it")
     decide.add_argument("dataset", choices=sorted(SPECS))
     decide.add_argument("--url", action="append", help="a replica whose live figures count, repeated for each "
                         "(default: TRIAL_SERVICE_URLS)")
@@ -74,7 +75,8 @@ def build_parser(settings: TrainingSettings) -> argparse.ArgumentParser:
     decide.add_argument("--min-images", type=_positive, default=settings.trial_min_images)
     decide.add_argument("--min-agreement", type=float, default=settings.trial_min_agreement)
     decide.add_argument("--max-confidence-change", type=float, default=settings.trial_max_confidence_change)
-    decide.add_argument("--feedback-dir", type=Path, default=None, help="default: the models folder's own")
+    decide.add_argument("--feedback-dir", type=Path, default=settings.feedback_dir,
+                        help="the service's feedback folder (env FEEDBACK_DIR; default: the models folder's own)")
     decide.add_argument("--database-url", default=settings.database_url or None)
 
     rollback = commands.add_parser("rollback", help="point 'current' back at an older version")

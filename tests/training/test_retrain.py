@@ -192,6 +192,10 @@ def test_the_command_line_takes_its_defaults_from_the_settings(monkeypatch):
     assert (args.tolerance, args.keep, args.feedback_cap, str(args.models_dir)) == (0.01, 3, 7, "/srv/models")
     assert args.stage == "candidate"  # what the schedule's retrains inherit
     assert str(args.feedback_dir) == "/srv/models/.feedback"
+    decide = build_parser(TrainingSettings.from_env({"FEEDBACK_DIR": "/srv/feedback", "TRIAL_MIN_IMAGES": "50"}))
+    args = decide.parse_args(["decide", "cifar10"])
+    assert (str(args.feedback_dir), args.min_images) == ("/srv/feedback", 50)  # judged on the service's feedback
+    assert build_parser(TrainingSettings.from_env({})).parse_args(["decide", "cifar10"]).feedback_dir is None
 
 
 def test_a_candidate_goes_on_trial_and_the_trial_ends_in_promotion_or_rejection(fashion, fashion_dir, tmp_path):

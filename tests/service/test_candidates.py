@@ -129,6 +129,7 @@ def test_a_broken_candidate_is_refused_and_a_trial_under_load_fails_no_request(m
             phase[0] = name
             time.sleep(1.5)
 
+        assert wait_for(lambda: len(results) >= 20)  # answers with the broken candidate refused
         phase[0] = "moving"
         point_candidate(models_dir, "fashion_mnist", CANDIDATE)  # a good one: on trial
         settle(lambda: (detail(server)["candidate"] or {}).get("version") == CANDIDATE, "trial")

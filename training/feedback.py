@@ -39,33 +39,48 @@ def in_production_set(image_id: str, fraction: float, seed: int = SPLIT_SEED) ->
     return int.from_bytes(digest[:8], "big") / 2**64 < fraction
 
 
+def labelled_images(name: str, classes: list[str] | tuple[str, ...], image_shape: tuple[int, ...], folder: Path,
+                    database_url: str | None, limit: int | None = None, since: float | None = None,
+                    ) -> tuple[list[tuple[str, np.ndarray, int]], str] | None:
+    """The model's stored feedback, newest first (``limit`` keeps the newest; ``since``: labelled from then on),
+    as (image id, uint8 pixels, label index), leaving out classes the model no longer has and other input sizes;
+    and where it was read. None, and nothing created, when there is no store."""
+    if database_url is None and not (folder / "feedback.db").exists():
+        return None
+    from contract.feedback_store import FeedbackStore
+
+    store = FeedbackStore(folder, database_url)
+    try:
+        images = []
+        for item in store.feedback_items(name, limit=limit):
+            if since is not None and item.created_at < since:
+                break
+            if item.true_label not in classes:
+                continue  # a class the model no longer has
+            pixels = store.read_image(item.image_file)
+            if pixels.shape != tuple(image_shape):
+                continue  # stored for an input size this model does not take
+            images.append((item.image_id, pixels, classes.index(item.true_label)))
+        return images, store.url
+    finally:
+        store.close()
+
+
 def load_feedback(name: str, classes: list[str] | tuple[str, ...], image_shape: tuple[int, ...], folder: Path,
                   database_url: str | None, weight: float, cap: int,
                   production_fraction: float = PRODUCTION_FRACTION) -> FeedbackData:
     """The model's stored feedback; empty (and nothing created) when there is no store."""
     shape = tuple(image_shape)
-    nothing = FeedbackData(np.zeros((0, *shape), np.uint8), np.zeros(0, np.int64),
-                           np.zeros((0, *shape), np.uint8), np.zeros(0, np.int64), weight, "none")
-    if database_url is None and not (folder / "feedback.db").exists():
-        return nothing
-    from contract.feedback_store import FeedbackStore
-
-    store = FeedbackStore(folder, database_url)
-    try:
-        items = store.feedback_items(name, limit=cap)
-        train, production = ([], []), ([], [])
-        for item in items:
-            if item.true_label not in classes:
-                continue  # a class the model no longer has
-            pixels = store.read_image(item.image_file)
-            if pixels.shape != shape:
-                continue  # stored for an input size this model does not take
-            side = production if in_production_set(item.image_id, production_fraction) else train
-            side[0].append(pixels)
-            side[1].append(classes.index(item.true_label))
-        source = store.url
-    finally:
-        store.close()
+    stored = labelled_images(name, classes, shape, folder, database_url, limit=cap)
+    if stored is None:
+        return FeedbackData(np.zeros((0, *shape), np.uint8), np.zeros(0, np.int64),
+                            np.zeros((0, *shape), np.uint8), np.zeros(0, np.int64), weight, "none")
+    images, source = stored
+    train, production = ([], []), ([], [])
+    for image_id, pixels, label in images:
+        side = production if in_production_set(image_id, production_fraction) else train
+        side[0].append(pixels)
+        side[1].append(label)
 
     def stacked(part):
         images = np.stack(part[0]) if part[0] else np.zeros((0, *shape), np.uint8)

@@ -161,30 +161,19 @@ def soak_feedback(name: str, models_dir: Path, champion: int, candidate: int, si
 
     from contract.layout import version_dir
     from contract.metadata import read_metadata
+    from training.feedback import labelled_images
 
     folder = folder or TrainingSettings(models_dir=models_dir).feedback_folder
-    if database_url is None and not (folder / "feedback.db").exists():
-        return None
-    from contract.feedback_store import FeedbackStore
-    from training.pipeline import version_accuracy
-
     metadata = read_metadata(version_dir(models_dir, name, champion))
-    classes, shape = list(metadata.classes), tuple(metadata.input.shape)
-    store = FeedbackStore(folder, database_url)
-    try:
-        images, labels = [], []
-        for item in store.feedback_items(name):
-            if item.created_at < since:
-                break  # newest first
-            pixels = store.read_image(item.image_file)
-            if item.true_label in classes and pixels.shape == shape:
-                images.append(pixels)
-                labels.append(classes.index(item.true_label))
-    finally:
-        store.close()
+    stored = labelled_images(name, metadata.classes, metadata.input.shape, folder, database_url, since=since)
+    if stored is None:
+        return None
+    images = stored[0]
     if not images:
         return SoakFeedback(0, 0, 0, since)
-    x, y = np.stack(images), np.asarray(labels)
+    from training.pipeline import version_accuracy
+
+    x, y = np.stack([pixels for _, pixels, _ in images]), np.asarray([label for *_, label in images])
     correct = {version: round(version_accuracy(models_dir, name, version, x, y) * len(y))
                for version in (champion, candidate)}
     return SoakFeedback(len(y), correct[candidate], correct[champion], since)
